@@ -1,0 +1,45 @@
+"""The SearchAlgorithm interface: solve one problem of a task and record how.
+
+Algorithms are plain classes built from `conf/search/<name>.yaml`; their constructor arguments are
+their config. Each one emits the same trace IR (`metacot.search.trace`).
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from typing import Any
+
+from metacot.search.trace import SearchTrace
+from metacot.tasks.base import Problem, Task
+
+
+class SearchAlgorithm(ABC):
+    """Common knobs: an expansion budget, and optional randomised tie-breaking / child shuffling
+    (`shuffle=True`) so that one problem can yield several distinct traces (as Searchformer's
+    non-deterministic A* does). With `shuffle=False` the trace depends on the problem alone."""
+
+    name: str = "search"
+
+    def __init__(self, max_expansions: int = 10_000, shuffle: bool = False):
+        if max_expansions < 1:
+            raise ValueError(f"max_expansions must be >= 1, got {max_expansions}")
+        self.max_expansions = max_expansions
+        self.shuffle = shuffle
+
+    @abstractmethod
+    def search(self, task: Task, problem: Problem, rng: random.Random) -> SearchTrace:
+        """Run the search; the returned trace records failure (`solved=False`, a BUDGET event when
+        the budget ran out) instead of raising."""
+
+    def run(self, task: Task, problem: Problem, seed: int = 0) -> SearchTrace:
+        """Convenience: search with a fresh RNG seeded by `seed` (same seed => identical trace)."""
+        trace = self.search(task, problem, random.Random(seed))
+        trace.seed = seed
+        return trace
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters that shape the traces (enter the dataset cache key)."""
+        d = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        d["name"] = self.name
+        return d

@@ -1,0 +1,20 @@
+"""A stage is one step of the pipeline (datagen, sft, eval, rl). `conf/stage/<name>.yaml` names
+its class; `train.py` builds it and calls `run(cfg)`. Stages sit at the edge: they read the
+composed config and wire plain objects together; the logic lives in the layers below."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+
+class Stage(ABC):
+    name: str = "stage"
+
+    def __init__(self, name: str | None = None):
+        if name is not None:
+            self.name = name
+
+    @abstractmethod
+    def run(self, cfg: Any) -> dict[str, Any]:
+        """Do the work; return a summary dict (may hold `objective` for sweeps)."""

@@ -1,0 +1,35 @@
+"""Helpers the stages share: building the trace-engine objects and the artifact paths.
+
+Artifacts of an experiment live in `${paths.experiments_dir}/<key>` where the key names the task,
+search, linearization and model and hashes the options that shape the data and the model — so
+`stage=rl search=astar` finds what `stage=sft search=astar` wrote, with no extra arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from metacot.config import build, config_hash, plain
+
+
+def trace_engine(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """(task, search, linearization) built from their groups."""
+    return build(cfg.task), build(cfg.search), build(cfg.linearization)
+
+
+def data_key_parts(cfg: DictConfig) -> list[Any]:
+    """What shapes a dataset: the task, search and format options and the data options."""
+    return [plain(cfg.task), plain(cfg.search), plain(cfg.linearization), plain(cfg.data)]
+
+
+def experiment_key(cfg: DictConfig) -> str:
+    names = [cfg.task.name, cfg.search.name, cfg.linearization.name, cfg.model.name]
+    digest = config_hash(*data_key_parts(cfg), plain(cfg.model), length=8)
+    return "-".join(str(n) for n in names) + "-" + digest
+
+
+def experiment_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.experiments_dir) / experiment_key(cfg)
