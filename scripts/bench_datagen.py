@@ -1,0 +1,116 @@
+"""Datagen throughput: complete traces/s (sample problems + search + render + count + write).
+
+    python scripts/bench_datagen.py                       # every case, 1 worker and all cores
+    python scripts/bench_datagen.py --n 50000 --workers 2 --cases countdown4:dfs:sos
+    python scripts/bench_datagen.py --profile             # cProfile of the headline case, 1 worker
+
+A case is `task:search:linearization` (config option names; `countdown4` = Countdown with 4
+numbers at SoS scale, 1..99 and targets 10..100). Every trace is rendered and written
+(keep_unsolved, overlong kept), into a temporary directory that is deleted afterwards.
+Tokens/trace are reported for both tokenizer modes (words and digits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("TQDM_DISABLE", "1")  # read by tqdm at import: no progress bars in the table
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from metacot.config import build  # noqa: E402
+from metacot.data.build import build_dataset  # noqa: E402
+from metacot.data.options import DataOptions  # noqa: E402
+from metacot.data.records import read_manifest, read_split  # noqa: E402
+from metacot.data.tokenizer import TokenCounter, make_tokenizer  # noqa: E402
+
+HEADLINE = "countdown4:dfs:sos"
+CASES = [HEADLINE, "countdown4:bfs:sos", "countdown4:astar:metacot", "countdown:beam:sos",
+         "maze:astar:searchformer", "maze:mcts:searchformer", "maze:dfs:sos"]
+# Overrides that turn a config option into the benchmarked problem family.
+ALIASES = {"countdown4": ("countdown", ["task.num_count=4", "task.max_number=99", "task.min_target=10",
+                                         "task.max_target=100"])}
+
+
+def engine(case: str, extra: list[str]) -> tuple:
+    """(task, search, linearization) from their option files plus `group.key=value` overrides."""
+    task, search, lin = case.split(":")
+    option, overrides = ALIASES.get(task, (task, []))
+    cfg = OmegaConf.create({group: OmegaConf.load(ROOT / "conf" / group / f"{name}.yaml")
+                            for group, name in (("task", option), ("search", search), ("linearization", lin))})
+    cfg.merge_with_dotlist([*overrides, *extra])
+    return build(cfg.task), build(cfg.search), build(cfg.linearization)
+
+
+def run_case(case: str, n: int, workers: int, extra: list[str]) -> dict:
+    task, search, lin = engine(case, extra)
+    opts = DataOptions(train=n, val=0, test_unseen=0, workers=workers, keep_unsolved=True,
+                       overlong="keep", max_tokens=10**9, seed=random.randrange(10**6))
+    with tempfile.TemporaryDirectory(prefix="bench_datagen-") as root:
+        d = build_dataset(task, search, lin, opts, root)
+        stats = json.loads((d / "build_stats.json").read_text())
+        manifest = read_manifest(d)
+        sample = [r["completion"] for r in read_split(d, "train")[:2000]]
+    digits = TokenCounter(make_tokenizer(task, lin, "digits"))
+    return {
+        "case": case, "workers": workers, "traces": stats["traces"], "seconds": stats["seconds"],
+        "sample_seconds": stats["sample_seconds"], "traces_per_s": stats["traces_per_s"],
+        "solve_rate": manifest["symbolic_solve_rate"]["train"],
+        "tokens_words": manifest["trace_tokens"]["mean"],
+        "tokens_p95_words": manifest["trace_tokens"]["p95"],
+        "tokens_digits": sum(map(digits.count, sample)) / max(1, len(sample)),
+        "chars": sum(map(len, sample)) / max(1, len(sample)),
+    }
+
+
+def profile(case: str, n: int, extra: list[str]) -> None:
+    prof = cProfile.Profile()
+    prof.enable()
+    run_case(case, n, 1, extra)
+    prof.disable()
+    stats = pstats.Stats(prof).strip_dirs()
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=20_000, help="traces per case and worker count")
+    ap.add_argument("--workers", type=int, nargs="+", default=None, help="worker counts (default: 1 and all cores)")
+    ap.add_argument("--cases", nargs="+", default=CASES, help="task:search:linearization cases")
+    ap.add_argument("--profile", action="store_true", help="cProfile the first case with 1 worker")
+    ap.add_argument("overrides", nargs="*", help="extra config overrides for every case (e.g. search.max_expansions=500)")
+    args = ap.parse_args()
+    if args.profile:
+        profile(args.cases[0], args.n, args.overrides)
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    worker_counts = args.workers or sorted({1, cores})
+    rows = []
+    for case in args.cases:
+        for w in worker_counts:
+            r = run_case(case, args.n, w, args.overrides)
+            rows.append(r)
+            print(f"{case:<28} workers={w:<2} {r['traces_per_s']:>9,.0f} traces/s  ({r['traces']} traces in "
+                  f"{r['seconds']:.2f}s, sampling {r['sample_seconds']:.2f}s)  solved {100 * r['solve_rate']:.0f}%  "
+                  f"tokens/trace {r['tokens_words']:.0f} words / {r['tokens_digits']:.0f} digits  "
+                  f"{r['chars']:.0f} chars", flush=True)
+    print(f"\n{'case':<28}{'workers':>8}{'traces/s':>11}{'solved':>8}{'tok words':>11}{'tok digits':>11}{'p95 words':>11}")
+    for r in rows:
+        print(f"{r['case']:<28}{r['workers']:>8}{r['traces_per_s']:>11,.0f}{100 * r['solve_rate']:>7.0f}%"
+              f"{r['tokens_words']:>11.0f}{r['tokens_digits']:>11.0f}{r['tokens_p95_words']:>11}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The work a datagen worker does: sample a chunk of problems, or search, render and write one shard.
+
+Each worker process holds the trace engine in module state (`init_worker`), so a job carries only
+a few problems. Every random choice is seeded from the job itself (`derive_seed`), never from the
+worker, so the dataset does not depend on how many workers built it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from metacot.data.options import DataOptions
+from metacot.data.tokenizer import TokenCounter
+
+_STATE: dict[str, Any] = {}
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any JSON-able parts (stable across runs, processes and platforms)."""
+    blob = json.dumps(parts, separators=(",", ":")).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little") >> 1
+
+
+def init_worker(task: Any, search: Any, linearization: Any, tokenizer_file: str,
+                options: DataOptions, out_dir: str) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _STATE.update(task=task, search=search, lin=linearization, options=options, out_dir=Path(out_dir),
+                  counter=TokenCounter(Tokenizer.from_file(tokenizer_file)))
+
+
+def sample_chunk(job: tuple[str, int, int]) -> list[dict[str, Any]]:
+    """Problems of chunk `k` of `split`: `n` of them from a seed derived from (seed, split, k)."""
+    split, k, n = job
+    return _STATE["task"].sample_problems(split, n, derive_seed(_STATE["options"].seed, split, "sample", k))
+
+
+@dataclass
+class ShardResult:
+    split: str
+    index: int
+    name: str
+    bytes: int = 0
+    traces: int = 0  # searches run
+    solved: int = 0
+    unsolved_dropped: int = 0
+    overlong: int = 0
+    records: int = 0
+    trace_tokens: list[int] = field(default_factory=list)
+    sequence_tokens: list[int] = field(default_factory=list)
+
+
+def render_shard(job: tuple[str, int, str, int, list[dict[str, Any]]]) -> ShardResult:
+    """Search, render, count and write one shard; record ids are global problem indices x traces."""
+    split, index, name, first, problems = job
+    task, search, lin = _STATE["task"], _STATE["search"], _STATE["lin"]
+    options: DataOptions = _STATE["options"]
+    count = _STATE["counter"].count
+    per_problem = options.traces_per_problem if split == "train" else 1
+    drop_unsolved = split == "train" and not options.keep_unsolved
+    drop_overlong = options.overlong == "drop"
+    res = ShardResult(split, index, name)
+    lines: list[str] = []
+    for i, problem in enumerate(problems, start=first):
+        optimal: Any = ...  # (unset) computed at most once per problem, only if a record needs it
+        seen: set[str] = set()
+        for t in range(per_problem):
+            trace = search.run(task, problem, derive_seed(options.seed, split, i, t))
+            res.traces += 1
+            res.solved += trace.solved
+            if drop_unsolved and not trace.solved:
+                res.unsolved_dropped += 1
+                continue
+            prompt, completion = lin.render(task, problem, trace)
+            if per_problem > 1:  # keep distinct traces only
+                if completion in seen:
+                    continue
+                seen.add(completion)
+            n_prompt, n_trace = count(prompt), count(completion)
+            n_seq = n_prompt + n_trace + 2  # <s> prompt completion </s>
+            if n_seq > options.max_tokens:
+                res.overlong += 1
+                if drop_overlong:
+                    continue
+            if optimal is ...:
+                optimal = task.optimal_length(problem)
+            lines.append(_dumps({
+                "id": i * per_problem + t, "prompt": prompt, "completion": completion,
+                "problem": problem, "solved": trace.solved,
+                "solution_length": len(trace.solution) if trace.solved and trace.solution is not None else None,
+                "optimal_length": optimal, "trace_tokens": n_trace, "prompt_tokens": n_prompt,
+                "stats": trace.stats(),
+            }))
+            res.trace_tokens.append(n_trace)
+            res.sequence_tokens.append(n_seq)
+    data = ("\n".join(lines) + "\n" if lines else "").encode("utf-8")
+    with open(_STATE["out_dir"] / name, "wb") as f:
+        f.write(data)
+    res.records, res.bytes = len(lines), len(data)
+    return res

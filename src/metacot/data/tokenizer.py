@@ -1,0 +1,173 @@
+"""A word-level tokenizer built from the task's alphabet and the format's keywords.
+
+Traces are whitespace-separated words, one event per line, so the vocabulary is known before any
+data exists: every word the task and the format can write, plus `\\n`, plus one piece per
+character (word-start `c` and continuation `##c`) so any other word still encodes without
+`<unk>`. It is a WordPiece model: a word in the vocabulary is one token, anything else splits
+greedily into the longest known pieces (a number beyond the alphabet splits into digits).
+
+`numbers="digits"` leaves every multi-character word that holds a digit out of the vocabulary,
+so numbers and cells (`37`, `3,4`, `c12`) are spelled out character by character.
+
+Saved as a Hugging Face tokenizer directory (`AutoTokenizer.from_pretrained(dir)` loads it).
+Encoding adds no special tokens; a training sequence is `<s> prompt completion </s>`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, in this order
+NEWLINE = "\n"
+PREFIX = "##"  # WordPiece continuation prefix
+NUMBER_MODES = ("words", "digits")
+# Every non-newline character Python's str.split() treats as whitespace in ASCII text, so that
+# TokenCounter's split() agrees exactly with the tokenizer's pre-tokenizer.
+_SPACE = r"(?:[^\S\n]|[\x1c-\x1f])+"
+_BASE_CHARS = [c for c in string.printable if not c.isspace()]
+
+
+def vocabulary(words: Iterable[str], numbers: str = "words") -> list[str]:
+    """Tokens in id order: specials, newline, single characters, continuation pieces, words."""
+    if numbers not in NUMBER_MODES:
+        raise ValueError(f"tokenizer numbers must be one of {NUMBER_MODES}, got {numbers!r}")
+    pieces = [w for word in words for w in str(word).split()]  # a "word" with spaces is several
+    chars = sorted(set(_BASE_CHARS).union(*(set(w) for w in pieces)))
+    tokens = [*SPECIAL_TOKENS, NEWLINE, *chars, *(PREFIX + c for c in chars)]
+    seen = set(tokens)
+    for w in pieces:
+        if w in seen or (numbers == "digits" and len(w) > 1 and any(c.isdigit() for c in w)):
+            continue
+        seen.add(w)
+        tokens.append(w)
+    return tokens
+
+
+def build_tokenizer(words: Iterable[str], numbers: str = "words",
+                    model_max_length: int | None = None) -> PreTrainedTokenizerFast:
+    """A WordPiece tokenizer whose vocabulary is `vocabulary(words, numbers)`."""
+    vocab = {tok: i for i, tok in enumerate(vocabulary(words, numbers))}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=100_000))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_SPACE), behavior="removed"),
+        pre_tokenizers.Split(NEWLINE, behavior="isolated"),
+    ])
+    tok.decoder = decoders.WordPiece(prefix=PREFIX, cleanup=False)
+    kwargs: dict[str, Any] = {}
+    if model_max_length is not None:
+        kwargs["model_max_length"] = model_max_length
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
+        clean_up_tokenization_spaces=False, **kwargs,
+    )
+
+
+def task_words(task: Any, linearization: Any) -> list[str]:
+    """The words a (task, format) pair can write: the vocabulary's source, no data needed."""
+    return [*task.alphabet(), *linearization.keywords()]
+
+
+def make_tokenizer(task: Any, linearization: Any, numbers: str = "words", path: str | None = None,
+                   model_max_length: int | None = None) -> PreTrainedTokenizerFast:
+    """Build the task/format tokenizer, or load a pretrained one from the local `path`."""
+    if path is not None:
+        return load_tokenizer(path)
+    return build_tokenizer(task_words(task, linearization), numbers, model_max_length)
+
+
+def load_tokenizer_dir(path: str | Path) -> Path:
+    """`path` if it is a Hugging Face tokenizer directory, else a FileNotFoundError saying what to do."""
+    path = Path(path).expanduser()
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"no tokenizer at {path} (expected a Hugging Face tokenizer directory with tokenizer.json); "
+            "set data.tokenizer.path to such a directory, or null to build one from the task"
+        )
+    return path
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    tok = PreTrainedTokenizerFast.from_pretrained(str(load_tokenizer_dir(path)))
+    if tok.pad_token is None:  # many pretrained causal-LM tokenizers have no pad token
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def normalize_text(text: str) -> str:
+    """Text modulo the whitespace a decode may change: runs of spaces collapse, none around newlines."""
+    text = re.sub(r"[^\S\n]+", " ", text)
+    return re.sub(r" ?\n ?", "\n", text).strip(" ")
+
+
+class TokenCounter:
+    """Counts tokens fast and exactly. For a tokenizer built here a text's count is the sum of its
+    words' piece counts plus its newlines, and words repeat a lot, so a per-word cache (filled by
+    the same greedy longest-match WordPiece runs) replaces the much slower full encode. Other
+    tokenizers are encoded in batches."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast | Tokenizer):
+        self.backend = tokenizer.backend_tokenizer if hasattr(tokenizer, "backend_tokenizer") else tokenizer
+        self.word_level = _is_word_level(self.backend)
+        if self.word_level:
+            self._pieces: dict[str, int] = _PieceCache(self.backend)
+
+    def count(self, text: str) -> int:
+        if self.word_level and text.isascii():
+            return sum(map(self._pieces.__getitem__, text.split())) + text.count(NEWLINE)
+        return len(self.backend.encode(text, add_special_tokens=False).ids)
+
+    def count_batch(self, texts: list[str]) -> list[int]:
+        if self.word_level:
+            return [self.count(t) for t in texts]
+        return [len(e.ids) for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+
+class _PieceCache(dict):
+    """word -> number of WordPiece tokens (a whole word that cannot be pieced is one `<unk>`)."""
+
+    MAX_ENTRIES = 1 << 20  # beyond this, words are counted but not remembered
+
+    def __init__(self, backend: Tokenizer):
+        super().__init__()
+        model = json.loads(backend.to_str())["model"]
+        self.vocab = frozenset(model["vocab"])
+        self.prefix = model["continuing_subword_prefix"]
+        self.max_chars = model["max_input_chars_per_word"]
+        self.longest = max(map(len, self.vocab))
+
+    def __missing__(self, word: str) -> int:
+        n = self.pieces(word)
+        if len(self) < self.MAX_ENTRIES:
+            self[word] = n
+        return n
+
+    def pieces(self, word: str) -> int:
+        if len(word) > self.max_chars:
+            return 1
+        vocab, prefix, n, start = self.vocab, self.prefix, 0, 0
+        while start < len(word):
+            for end in range(min(len(word), start + self.longest), start, -1):
+                if (word[start:end] if start == 0 else prefix + word[start:end]) in vocab:
+                    break
+            else:
+                return 1  # no piece matches here: HF maps the whole word to <unk>
+            n += 1
+            start = end
+        return n
+
+
+def _is_word_level(backend: Tokenizer) -> bool:
+    """True for tokenizers made by `build_tokenizer` (whose counts decompose over words)."""
+    pre = json.loads(backend.to_str()).get("pre_tokenizer") or {}
+    splits = pre.get("pretokenizers") or [{}]
+    return (isinstance(backend.model, models.WordPiece) and backend.normalizer is None
+            and splits[0].get("pattern") == {"Regex": _SPACE})
