@@ -7,6 +7,7 @@ state or an action, so every format works with every task and every algorithm.
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +31,22 @@ class ParsedTrace:
     answer: list[str] | None = None  # the final plan/solution as action strings, if present
     errors: list[ParseError] = field(default_factory=list)
     complete: bool = False  # the format's final section was found and read
+    # Costs the format writes saturate at this value (`c<cap>` means ">= cap"); fidelity replay
+    # saturates the true costs the same way before comparing. None: costs are not capped.
+    cost_cap: int | None = None
 
     @property
     def well_formed(self) -> bool:
         return self.complete and not self.errors
+
+    def to_trace(self, task: str = "parsed", algorithm: str = "parsed",
+                 problem: Problem | None = None) -> SearchTrace:
+        """The parsed events as a SearchTrace (to re-render them, or compute stats). `solved` only
+        says an answer was written; whether it is right is `Task.verify`'s call."""
+        return SearchTrace(
+            task=task, algorithm=algorithm, problem=problem or {}, events=list(self.events),
+            solution=None if self.answer is None else list(self.answer), solved=self.answer is not None,
+        )
 
 
 class Linearization(ABC):
@@ -47,6 +60,11 @@ class Linearization(ABC):
     @abstractmethod
     def parse(self, task: Task, problem: Problem, text: str) -> ParsedTrace:
         """Read a completion. Must not raise on any input."""
+
+    def augment(self, task: Task, problem: Problem, completion: str, rng: random.Random) -> str:
+        """A training-time variant of a stored completion (e.g. Dualformer trace dropping).
+        Identity unless the format is configured to augment."""
+        return completion
 
     def keywords(self) -> list[str]:
         """The words this format writes itself (for the tokenizer's vocabulary)."""
