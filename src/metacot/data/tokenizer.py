@@ -73,7 +73,7 @@ def build_tokenizer(words: Iterable[str], numbers: str = "words",
 
 def task_words(task: Any, linearization: Any) -> list[str]:
     """The words a (task, format) pair can write: the vocabulary's source, no data needed."""
-    return [*task.alphabet(), *linearization.keywords()]
+    return [*task.alphabet(), *linearization.keywords(), *linearization.task_keywords(task)]
 
 
 def make_tokenizer(task: Any, linearization: Any, numbers: str = "words", path: str | None = None,

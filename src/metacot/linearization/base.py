@@ -70,6 +70,10 @@ class Linearization(ABC):
         """The words this format writes itself (for the tokenizer's vocabulary)."""
         return []
 
+    def task_keywords(self, task: Task) -> list[str]:
+        """Words this format derives from the task's own words (e.g. fused event words)."""
+        return []
+
     def describe(self) -> dict[str, Any]:
         d = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         d["name"] = self.name
