@@ -1,0 +1,258 @@
+"""Evaluate a causal LM on dataset records: sample, parse, replay, verify, aggregate.
+
+One greedy pass gives the per-problem metrics (solve/optimal rate, SWC, ILR, tokens, fidelity,
+format errors, the model's search statistics next to the symbolic algorithm's on the same
+problems); an optional pass of `num_samples` sampled completions per problem gives pass@k.
+Model output is arbitrary text: nothing here may raise on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from metacot.eval.metrics import EvalMetrics, ProblemResult
+from metacot.eval.passk import default_ks
+from metacot.linearization.base import ParsedTrace, ParseError
+from metacot.tasks.base import Verdict
+
+log = logging.getLogger(__name__)
+
+# Cap on sequences per sampler call in the pass@k pass (n = 1024 samples of hundreds of problems
+# would otherwise be one huge list of token lists).
+PASSK_SEQUENCES_PER_CALL = 4096
+
+
+@dataclass
+class EvalOptions:
+    """`conf/eval/<name>.yaml` builds this. `n_problems` 0 = every record; `num_samples` 0 = no
+    pass@k pass; `shard` splits the records over DDP ranks (every rank must call `evaluate`)."""
+
+    n_problems: int = 0
+    max_new_tokens: int = 512
+    batch_size: int = 64
+    num_samples: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    num_examples: int = 4
+    shard: bool = False
+    name: str = "default"
+
+    @classmethod
+    def from_any(cls, options: EvalOptions | dict[str, Any] | None) -> EvalOptions:
+        if options is None:
+            return cls()
+        if isinstance(options, cls):
+            return options
+        known = {f.name for f in fields(cls)}
+        unknown = set(options) - known - {"_target_"}
+        if unknown:
+            raise ValueError(f"unknown eval options {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in options.items() if k in known})
+
+
+class EvalResult(dict):
+    """Flat `metric -> float` dict (log it as is), plus `.examples`: a few rows
+    `{"prompt", "completion", "verdict"}` for a text table."""
+
+    def __init__(self, metrics: dict[str, float], examples: list[dict[str, str]]):
+        super().__init__(metrics)
+        self.examples = examples
+
+
+def evaluate(model: Any, tokenizer: Any, task: Any, linearization: Any, records: Sequence[dict[str, Any]],
+             options: EvalOptions | dict[str, Any] | None = None, *, sampler: Any = None,
+             encode_prompt: Callable[[Any, str], list[int]] | None = None,
+             replay: Callable[..., Any] | None = None) -> EvalResult:
+    """Metrics of `model` on `records` (dataset rows). `sampler` (anything with the
+    `metacot.generation.Sampler.generate` contract), `encode_prompt(tokenizer, prompt)` and
+    `replay(task, problem, parsed, reference_length=)` default to the project's own."""
+    opts = EvalOptions.from_any(options)
+    records = list(records)
+    if opts.n_problems > 0:
+        records = records[: opts.n_problems]
+    rank, world = _rank_world() if opts.shard else (0, 1)
+    records = records[rank::world]
+    encode = encode_prompt or _default_encode()
+    if sampler is None:
+        from metacot.generation import Sampler
+
+        sampler = Sampler(model, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    ks = default_ks(opts.num_samples) if opts.num_samples > 0 else []
+    metrics = EvalMetrics(ks=ks, sync_on_compute=world > 1)
+    device = _device(model)
+    if world > 1 and device is not None:
+        metrics.to(device)  # NCCL reduces CUDA tensors only
+    prompts = [encode(tokenizer, r["prompt"]) for r in records]
+
+    was_training = bool(getattr(model, "training", False))
+    if model is not None and hasattr(model, "eval"):
+        model.eval()
+    examples: list[dict[str, str]] = []
+    try:
+        with torch.no_grad():
+            if prompts:  # a rank's shard may be empty; it still joins the metric sync below
+                examples = _greedy_pass(sampler, tokenizer, task, linearization, records, prompts, opts,
+                                        metrics, replay)
+            if ks and prompts:
+                metrics.update_passk(opts.num_samples, _count_correct(sampler, tokenizer, task, linearization,
+                                                                      records, prompts, opts))
+    finally:
+        if model is not None and hasattr(model, "train"):
+            model.train(was_training)
+    return EvalResult(metrics.compute(), examples)
+
+
+def _greedy_pass(sampler: Any, tokenizer: Any, task: Any, linearization: Any, records: list[dict[str, Any]],
+                 prompts: list[list[int]], opts: EvalOptions, metrics: EvalMetrics,
+                 replay: Callable[..., Any] | None) -> list[dict[str, str]]:
+    """Greedy completions scored into `metrics`; returns the first `num_examples` rows."""
+    greedy = sampler.generate(prompts, max_new_tokens=opts.max_new_tokens, num_samples=1, temperature=0.0,
+                              batch_size=opts.batch_size)
+    if len(greedy.tokens) != len(records):
+        raise RuntimeError(f"the sampler returned {len(greedy.tokens)} sequences for {len(records)} prompts")
+    results, examples = [], []
+    for i, (rec, ids) in enumerate(zip(records, greedy.tokens, strict=True)):
+        text = decode(tokenizer, ids)
+        result, verdict = score_completion(task, linearization, rec, text, len(ids), replay)
+        results.append(result)
+        if i < opts.num_examples:
+            examples.append({"prompt": rec["prompt"], "completion": text, "verdict": verdict})
+    metrics.update(results)
+    return examples
+
+
+def score_completion(task: Any, linearization: Any, record: dict[str, Any], text: str, tokens: int,
+                     replay: Callable[..., Any] | None = None) -> tuple[ProblemResult, str]:
+    """Parse, replay and verify one completion against its record; (result, verdict text)."""
+    problem = record["problem"]
+    parsed = safe_parse(task, linearization, problem, text)
+    optimal_length = record["optimal_length"] if "optimal_length" in record else _optimal_length(task, problem)
+    fid = _replay(replay, task, problem, parsed, optimal_length)
+    if fid is not None:  # replay verified the answer too (optimal against the record's l*)
+        verdict, optimal = fid.verdict, bool(fid.answer_optimal)
+    else:
+        verdict = safe_verify(task, problem, parsed.answer)
+        optimal = verdict.correct and (verdict.length <= optimal_length if optimal_length is not None
+                                       else verdict.optimal)
+    solution_length, solved = record.get("solution_length"), bool(record.get("solved"))
+    result = ProblemResult(
+        correct=verdict.correct,
+        optimal=verdict.correct and optimal,
+        length=verdict.length,
+        optimal_length=optimal_length,
+        tokens=tokens,
+        valid_steps=int(getattr(fid, "valid_steps", 0)),
+        total_steps=int(getattr(fid, "total_steps", 0)),
+        well_formed=parsed.well_formed,
+        model_stats={k: getattr(fid, k, 0) for k in ("nodes", "expansions", "backtracks", "max_depth")},
+        symbolic_solved=solved,
+        symbolic_optimal=solved and solution_length is not None and optimal_length is not None
+        and solution_length <= optimal_length,
+        symbolic_tokens=record.get("trace_tokens"),
+        symbolic_stats=dict(record.get("stats") or {}),
+    )
+    return result, verdict_text(parsed, verdict, result.optimal)
+
+
+def verdict_text(parsed: ParsedTrace, verdict: Verdict, optimal: bool) -> str:
+    if verdict.correct:
+        return "correct, optimal" if optimal else f"correct, length {verdict.length}"
+    if parsed.answer is None:
+        return "no answer" + (f" ({parsed.errors[0].message})" if parsed.errors else "")
+    return f"wrong: {verdict.error or 'rejected'}"
+
+
+def decode(tokenizer: Any, ids: Sequence[int]) -> str:
+    return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def safe_parse(task: Any, linearization: Any, problem: dict[str, Any], text: str) -> ParsedTrace:
+    """`linearization.parse`, which must not raise; a bug there is logged and scored as garbage
+    instead of ending a long evaluation."""
+    try:
+        return linearization.parse(task, problem, text)
+    except Exception as e:  # noqa: BLE001 - model text is arbitrary; the parser contract is "never raise"
+        log.warning("%s.parse raised %r; scoring the completion as unreadable", type(linearization).__name__, e)
+        return ParsedTrace(errors=[ParseError(-1, f"parser raised {e!r}")])
+
+
+def safe_verify(task: Any, problem: dict[str, Any], answer: list[str] | None) -> Verdict:
+    if answer is None:
+        return Verdict(False, 0, error="no answer")
+    try:
+        return task.verify(problem, list(answer))
+    except Exception as e:  # noqa: BLE001 - same contract as parse
+        log.warning("%s.verify raised %r; scoring the answer as wrong", type(task).__name__, e)
+        return Verdict(False, 0, error=f"verifier raised {e!r}")
+
+
+def _replay(replay: Callable[..., Any] | None, task: Any, problem: dict[str, Any], parsed: ParsedTrace,
+            reference_length: int | None) -> Any:
+    """The `Fidelity` of the parsed search (valid steps, search stats, verdict), or None if replay
+    fails (then no step counts and the answer is verified on its own)."""
+    if replay is None:
+        from metacot.linearization.fidelity import replay as project_replay
+
+        replay = project_replay
+    try:
+        return replay(task, problem, parsed, reference_length=reference_length)
+    except Exception as e:  # noqa: BLE001
+        log.warning("fidelity replay raised %r; scoring the trace as invalid", e)
+        return None
+
+
+def _optimal_length(task: Any, problem: dict[str, Any]) -> int | None:
+    try:
+        return task.optimal_length(problem)
+    except Exception:  # noqa: BLE001 - unknown l* just leaves the problem out of SWC
+        return None
+
+
+def _count_correct(sampler: Any, tokenizer: Any, task: Any, linearization: Any, records: list[dict[str, Any]],
+                   prompts: list[list[int]], opts: EvalOptions) -> list[int]:
+    """Correct completions among `num_samples` sampled ones, per problem (prompt-major order)."""
+    n = opts.num_samples
+    per_call = max(1, PASSK_SEQUENCES_PER_CALL // n)
+    counts: list[int] = []
+    for start in range(0, len(records), per_call):
+        chunk = prompts[start : start + per_call]
+        out = sampler.generate(chunk, max_new_tokens=opts.max_new_tokens, num_samples=n,
+                               temperature=opts.temperature, top_p=opts.top_p,
+                               seed=opts.seed + start, batch_size=opts.batch_size)
+        for j, rec in enumerate(records[start : start + per_call]):
+            problem = rec["problem"]
+            counts.append(sum(
+                safe_verify(task, problem, safe_parse(task, linearization, problem, decode(tokenizer, ids)).answer).correct
+                for ids in out.tokens[j * n : (j + 1) * n]
+            ))
+    return counts
+
+
+def _default_encode() -> Callable[[Any, str], list[int]]:
+    # `<s> prompt`, exactly as training encodes it (re-exported by metacot.data.datamodule; imported
+    # from its home so evaluating does not pull in Lightning).
+    from metacot.data.collate import encode_prompt
+
+    return encode_prompt
+
+
+def _device(model: Any) -> torch.device | None:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return None
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+

@@ -1,0 +1,207 @@
+"""`stage=eval`: evaluate a model on seen (`val`) and unseen (`test_unseen`) problems.
+
+The model is `ckpt=` (a Hugging Face directory or a Lightning `.ckpt`) or, by default, this
+experiment's SFT export (`source: rl` picks its RL export). Writes `metrics.json` and `passk.png`
+to the run directory — and, for the experiment's own model, to `<experiment>/eval/` (SFT) or
+`<experiment>/eval/<source>/` — logs scalars to TensorBoard and prints a compact table with the
+symbolic algorithm's numbers on the same problems next to the model's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from metacot.config import build, plain
+from metacot.eval.evaluator import EvalOptions, evaluate
+from metacot.eval.metrics import finite_or_none
+from metacot.eval.plots import passk_curve, plot_passk
+from metacot.eval.table import format_table
+from metacot.stages.base import Stage
+from metacot.stages.common import experiment_dir, experiment_key, trace_engine
+from metacot.stages.datagen import ensure_dataset
+
+log = logging.getLogger(__name__)
+
+SPLIT_LABELS = {"val": "val (seen)", "test_unseen": "test_unseen (unseen)"}
+
+
+class EvalStage(Stage):
+    name = "eval"
+
+    def __init__(self, name: str | None = None, splits: list[str] | tuple[str, ...] = ("val", "test_unseen"),
+                 device: str = "auto", source: str = "sft"):
+        super().__init__(name)
+        self.splits = list(splits)
+        self.device = device
+        self.source = source  # which export of the experiment to evaluate without ckpt=: <exp>/<source>/hf
+
+    def run(self, cfg: DictConfig) -> dict[str, Any]:
+        task, search, lin = trace_engine(cfg)
+        options: EvalOptions = build(cfg.eval)
+        path = model_path(cfg, self.source)
+        dataset_dir = ensure_dataset(cfg)  # built if absent, like every stage that needs one
+        device = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
+                              ("cpu" if self.device == "auto" else self.device))
+        model, tokenizer = load_model(cfg, path, dataset_dir, device)
+        source = str(path)
+        log.info("eval: %s on %s (%s)", source, dataset_dir.name, device)
+
+        from metacot.data.records import read_split
+
+        results: dict[str, dict[str, float]] = {}
+        examples: dict[str, list[dict[str, str]]] = {}
+        for split in self.splits:
+            t0 = time.perf_counter()
+            out = evaluate(model, tokenizer, task, lin, read_split(dataset_dir, split), options)
+            results[split], examples[split] = dict(out), out.examples
+            log.info("eval %s: solve rate %.3f (symbolic %.3f) on %d problems in %.1fs", split,
+                     out["solve_rate"], out["symbolic_solve_rate"], int(out["num_problems"]),
+                     time.perf_counter() - t0)
+
+        summary = {
+            "splits": {s: finite_or_none(m) for s, m in results.items()},
+            "examples": examples,
+            "config": {
+                "experiment": experiment_key(cfg), "model": "ckpt" if cfg.get("ckpt") else self.source,
+                "model_source": source, "dataset": str(dataset_dir),
+                "task": plain(cfg.task), "search": plain(cfg.search), "linearization": plain(cfg.linearization),
+                "model_config": plain(cfg.model), "eval": plain(cfg.eval), "seed": cfg.seed, "device": str(device),
+            },
+        }
+        run_dir = Path(cfg.paths.run_dir)
+        out_dirs = [run_dir]
+        if not cfg.get("ckpt"):  # the experiment's own model: keep its results with it
+            out_dirs.append(experiment_dir(cfg) / "eval" / ("" if self.source == "sft" else self.source))
+        for out_dir in out_dirs:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            plot_passk({s: passk_curve(m) for s, m in results.items()}, out_dir / "passk.png",
+                       title=f"pass@k — {experiment_key(cfg)}")
+        tb_dir = _log_tensorboard(cfg, results, examples)
+        table = format_table({SPLIT_LABELS.get(s, s): m for s, m in results.items()})
+        print(f"\neval of {source}\n{table}\n(metrics: {run_dir / 'metrics.json'})", flush=True)
+
+        first = self.splits[0] if self.splits else None
+        objective = results[first]["solve_rate"] if first else None
+        return {"metrics": results, "metrics_path": str(run_dir / "metrics.json"), "tensorboard_dir": tb_dir,
+                "objective": objective}
+
+
+def model_path(cfg: DictConfig, source: str = "sft") -> Path:
+    """What to evaluate: `cfg.ckpt` (an HF directory or a Lightning .ckpt) or the experiment's
+    `<source>/hf` export. Checked before anything is built, so a missing model fails fast."""
+    if cfg.get("ckpt"):
+        path = Path(str(cfg.ckpt)).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"ckpt={cfg.ckpt} does not exist: pass an HF model directory "
+                                    "(config.json + weights) or a Lightning .ckpt file")
+        if not path.is_dir() and path.suffix != ".ckpt":
+            raise ValueError(f"ckpt={cfg.ckpt} is neither a directory nor a .ckpt file: pass an HF model "
+                             "directory or a Lightning checkpoint (e.g. <experiment>/sft/checkpoints/best.ckpt)")
+        return path
+    path = experiment_dir(cfg) / source / "hf"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no {source.upper()} model for this experiment at {path}. Train it first with\n"
+            f"    python train.py stage={source} {_overrides_without_stage()}\n"
+            "or evaluate another model with ckpt=/path/to/hf_dir_or.ckpt"
+        )
+    return path
+
+
+def load_model(cfg: DictConfig, path: Path, dataset_dir: Path, device: torch.device) -> tuple[Any, Any]:
+    """(model, tokenizer) from an HF directory (its own tokenizer if saved, else the dataset's) or
+    a Lightning .ckpt (the model rebuilt from `cfg.model`, the dataset's tokenizer)."""
+    from metacot.data.tokenizer import load_tokenizer
+
+    if path.is_dir():
+        model, tokenizer = _load_hf(path, dataset_dir)
+    else:
+        tokenizer = load_tokenizer(dataset_dir / "tokenizer")
+        model = _load_lightning(cfg, path, tokenizer)
+    model.to(device)
+    return model, tokenizer
+
+
+def _load_hf(path: Path, dataset_dir: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM
+
+    from metacot.data.tokenizer import load_tokenizer
+
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face model directory "
+                                "(pass the folder save_pretrained wrote, e.g. <experiment>/sft/hf)")
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    tok_dir = path if (path / "tokenizer.json").is_file() else dataset_dir / "tokenizer"
+    return model, load_tokenizer(tok_dir)
+
+
+def _load_lightning(cfg: DictConfig, path: Path, tokenizer: Any) -> Any:
+    """Rebuild the model from `cfg.model` and load the LightningModule's `model.*` weights."""
+    model = build(cfg.model).build(tokenizer, max_seq_len=int(cfg.data.max_tokens))
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    state = ckpt.get("state_dict", ckpt)
+    prefix = "model."
+    weights = {k[len(prefix):].replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{path} holds no `model.*` weights: is it a checkpoint of stage=sft or stage=rl?")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k not in _tied_keys(model)]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit model={cfg.model.name} (missing {missing[:3]}, unexpected {unexpected[:3]}): "
+            "evaluate it with the same model=... overrides it was trained with"
+        )
+    return model
+
+
+def _tied_keys(model: Any) -> set[str]:
+    """Weights that share storage with another one (tied embeddings): absent from a state dict saved
+    without duplicates, and safe to skip."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        seen.setdefault(id(p), name)
+    return tied
+
+
+def _overrides_without_stage() -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - not under @hydra.main (tests, notebooks)
+        return "<the same overrides>"
+    return " ".join(o for o in overrides if o.split("=")[0].lstrip("+~") != "stage")
+
+
+def _log_tensorboard(cfg: DictConfig, results: dict[str, dict[str, float]],
+                     examples: dict[str, list[dict[str, str]]]) -> str | None:
+    """Scalars `eval/<split>/<metric>` and an examples table per split, through the configured
+    logger (`logger=` group, under the run directory like every stage)."""
+    logger = build(cfg.logger, save_dir=str(cfg.paths.run_dir))
+    for split, metrics in results.items():
+        logger.log_metrics({f"eval/{split}/{k}": v for k, v in metrics.items()}, step=0)
+    experiment = getattr(logger, "experiment", None)
+    if hasattr(experiment, "add_text"):
+        for split, rows in examples.items():
+            if rows:
+                table = "| prompt | completion | verdict |\n|---|---|---|\n" + "\n".join(
+                    f"| {_cell(r['prompt'])} | {_cell(r['completion'])} | {_cell(r['verdict'])} |" for r in rows)
+                experiment.add_text(f"eval/{split}/examples", table, 0)
+    logger.finalize("success")
+    return getattr(logger, "log_dir", None)
+
+
+def _cell(text: str, limit: int = 2000) -> str:
+    text = text if len(text) <= limit else text[:limit] + " …"
+    return text.replace("|", "\\|").replace("\n", "<br>")

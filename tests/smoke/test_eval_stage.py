@@ -1,0 +1,117 @@
+"""`stage=eval` end to end on a tiny maze experiment (METACOT_ROOT = a temp dir):
+
+- the default pipeline (datagen -> a 2-step SFT -> eval, a subprocess as users run it) evaluates
+  the experiment's HF export and writes metrics.json (both splits), passk.png and TensorBoard events;
+- without an SFT model it fails with the command to run;
+- `ckpt=` takes an HF directory or a Lightning .ckpt, and both give the same numbers.
+
+Torch runs one thread: a ~1M-parameter model gains nothing from more, and on a busy 2-core
+machine two spinning OpenMP threads made each decode step ~15x slower.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERRIDES = [
+    "task=maze", "task.size=5", "search=astar", "linearization=searchformer", "model=tiny", "trainer=cpu",
+    "data.train=32", "data.val=6", "data.test_unseen=6", "data.workers=1", "data.max_tokens=512",
+    "sft.max_steps=2", "sft.warmup_steps=1", "sft.val_every_steps=2", "sft.batch_tokens=2048",
+    "sft.solve_rate_problems=0", "sft.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+    "eval.n_problems=3", "eval.max_new_tokens=16", "eval.num_samples=2", "eval.batch_size=8",
+]
+KEYS = {"solve_rate", "optimal_rate", "swc", "ilr", "tokens_per_problem", "tokens_per_solve", "fidelity",
+        "invalid_format_rate", "model_nodes", "model_backtracks", "model_depth", "symbolic_solve_rate",
+        "symbolic_nodes", "symbolic_backtracks", "symbolic_depth", "num_problems", "pass@1", "pass@2"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "METACOT_ROOT": str(root), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *OVERRIDES, *overrides],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _compose(root: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from metacot.train import prepare
+
+    monkeypatch.setenv("METACOT_ROOT", str(root))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*OVERRIDES, *overrides])
+    return prepare(cfg, run_dir=str(root / "runs" / "_".join(o.split("=")[0] for o in overrides) or "run"))
+
+
+def test_pipeline_evaluates_the_sft_export(tmp_path):
+    res = _train(tmp_path, "stage=pipeline", "hydra.run.dir=" + str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["splits"]) == {"val", "test_unseen"}
+    for split in ("val", "test_unseen"):
+        m = metrics["splits"][split]
+        assert KEYS <= set(m), KEYS - set(m)
+        assert m["num_problems"] == 3
+        assert 0.0 <= m["pass@1"] <= m["pass@2"] <= 1.0
+        assert m["symbolic_solve_rate"] == 1.0  # A* solves every maze
+        assert 0 < m["tokens_per_problem"] <= 16
+    assert metrics["config"]["model"] == "sft"
+    assert metrics["config"]["model_source"].endswith(str(Path("sft") / "hf"))
+    assert (run / "passk.png").read_bytes()[:4] == b"\x89PNG"
+    experiments = list((tmp_path / "logs" / "experiments").iterdir())
+    assert len(experiments) == 1
+    assert json.loads((experiments[0] / "eval" / "metrics.json").read_text())["splits"] == metrics["splits"]
+    assert (experiments[0] / "eval" / "passk.png").is_file()
+    events = [p for p in (run / "tensorboard").rglob("events.out.tfevents.*")]
+    assert len(events) >= 2  # sft's and eval's
+    assert "symbolic_solve_rate" in res.stdout and "val (seen)" in res.stdout and "test_unseen (unseen)" in res.stdout
+
+
+def test_ckpt_hf_dir_and_lightning_ckpt_agree(tmp_path, monkeypatch):
+    from metacot.config import build
+    from metacot.data.tokenizer import load_tokenizer
+    from metacot.stages.common import experiment_dir
+    from metacot.stages.datagen import ensure_dataset
+    from metacot.stages.eval import EvalStage
+
+    cfg = _compose(tmp_path, monkeypatch)
+    tokenizer = load_tokenizer(ensure_dataset(cfg) / "tokenizer")
+    torch.manual_seed(0)
+    model = build(cfg.model).build(tokenizer, int(cfg.data.max_tokens))
+    hf_dir = tmp_path / "some_model"
+    model.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    ckpt = tmp_path / "step.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 2}, ckpt)
+
+    stage = EvalStage(splits=["val"])
+    with pytest.raises(FileNotFoundError, match="python train.py stage=sft"):
+        stage.run(cfg)  # no ckpt= and no SFT export for this experiment yet
+    by_hf = stage.run(_compose(tmp_path, monkeypatch, f"ckpt={hf_dir}"))["metrics"]["val"]
+    by_ckpt = stage.run(_compose(tmp_path, monkeypatch, f"ckpt={ckpt}"))["metrics"]["val"]
+    assert by_hf == pytest.approx(by_ckpt, nan_ok=True)
+    assert by_hf["tokens_per_problem"] > 0
+    assert not (experiment_dir(cfg) / "eval").exists()  # another model's numbers stay in the run dir
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        stage.run(_compose(tmp_path, monkeypatch, f"ckpt={tmp_path / 'nope'}"))
+    bad = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"model.not_a_weight": torch.zeros(1)}}, bad)
+    with pytest.raises(ValueError, match="same model="):
+        stage.run(_compose(tmp_path, monkeypatch, f"ckpt={bad}"))

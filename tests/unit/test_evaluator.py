@@ -1,0 +1,325 @@
+"""The evaluator with a fake sampler producing known completions (correct, wrong, illegal,
+garbage) gives exact metric values, and never crashes on garbage. Steps are replayed by the
+project's `linearization.fidelity.replay`; a fake format and task keep the numbers hand-countable."""
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from metacot.eval import evaluator as ev
+from metacot.eval.evaluator import EvalOptions, evaluate
+from metacot.linearization.base import Linearization, ParsedTrace, ParseError
+from metacot.search.trace import GENERATE, TraceEvent
+from metacot.tasks.base import Successor, Task
+
+VOCAB = ["<pad>", "<s>", "</s>", "ans", "end", "+1", "+2", "+7", "@@", "#"]
+ID = {w: i for i, w in enumerate(VOCAB)}
+
+
+class LineTask(Task):
+    """Walk from 0 to `goal` with steps of +1 or +2."""
+
+    name = "line"
+
+    def sample_problems(self, split, n, seed):
+        return [{"goal": g} for g in range(1, n + 1)]
+
+    def initial_state(self, problem):
+        return 0
+
+    def successors(self, problem, state):
+        return [Successor(a, state + d) for a, d in (("+1", 1), ("+2", 2)) if state + d <= problem["goal"]]
+
+    def is_goal(self, problem, state):
+        return state == problem["goal"]
+
+    def heuristic(self, problem, state):
+        return (problem["goal"] - state) / 2
+
+    def optimal_length(self, problem):
+        return (problem["goal"] + 1) // 2
+
+    def prompt_text(self, problem):
+        return f"goal {problem['goal']}"
+
+    def state_text(self, problem, state):
+        return str(state)
+
+    def parse_state(self, problem, text):
+        return int(text) if text.isdigit() else None
+
+
+class AnswerLinearization(Linearization):
+    """`ans <actions> end`; anything else is an error. Each action is also a claimed search step
+    (a node generated from the previous one, its state = the running sum)."""
+
+    name = "answer"
+
+    def render(self, task, problem, trace):
+        raise NotImplementedError("not needed here")
+
+    def parse(self, task, problem, text):
+        words = text.split()
+        if not words or words[0] != "ans":
+            return ParsedTrace(errors=[ParseError(0, "no answer section")])
+        complete = "end" in words
+        answer = words[1 : words.index("end")] if complete else words[1:]
+        events, state = [TraceEvent(GENERATE, 0, state=0)], 0
+        for k, action in enumerate(answer, start=1):
+            state += int(action[1:]) if action[1:].isdigit() else 0
+            events.append(TraceEvent(GENERATE, k, parent=k - 1, state=state, action=action))
+        return ParsedTrace(events=events, answer=answer, complete=complete,
+                           errors=[] if complete else [ParseError(0, "no end")])
+
+
+class FakeTokenizer:
+    eos_token_id, pad_token_id = ID["</s>"], ID["<pad>"]
+
+    def decode(self, ids, skip_special_tokens=False):
+        words = [VOCAB[i] if 0 <= i < len(VOCAB) else "<unk>" for i in ids]
+        if skip_special_tokens:
+            words = [w for w in words if w not in ("<pad>", "<s>", "</s>")]
+        return " ".join(words)
+
+
+def encode_prompt(tokenizer, prompt):
+    return [ID["<s>"], 100 + int(prompt.split()[1])]
+
+
+def ids(text):
+    return [ID[w] for w in text.split()]
+
+
+@dataclass
+class Out:
+    tokens: list
+    finished: list
+
+
+class FakeSampler:
+    """Greedy: one fixed completion per prompt; sampled: a fixed list of n per prompt."""
+
+    def __init__(self, greedy, samples=None):
+        self.greedy, self.samples, self.calls = greedy, samples or {}, []
+
+    def generate(self, prompts, max_new_tokens, num_samples=1, temperature=0.0, top_p=1.0, seed=None,
+                 batch_size=None):
+        self.calls.append(dict(n=len(prompts), max_new_tokens=max_new_tokens, num_samples=num_samples,
+                               temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size))
+        tokens = []
+        for p in prompts:
+            goal = p[1] - 100
+            outs = [self.greedy[goal]] if temperature == 0 else self.samples[goal]
+            assert len(outs) == num_samples
+            tokens += outs
+        return Out(tokens, [True] * len(tokens))
+
+
+def record(goal, solved=True, trace_tokens=20, stats=None):
+    task = LineTask()
+    best = task.optimal_length({"goal": goal})
+    return {"prompt": f"goal {goal}", "completion": "", "problem": {"goal": goal}, "solved": solved,
+            "solution_length": best if solved else None, "optimal_length": best, "trace_tokens": trace_tokens,
+            "stats": stats or {"nodes": 4, "expansions": 2, "backtracks": 0, "max_depth": 2}}
+
+
+RECORDS = [record(4), record(3, trace_tokens=30), record(2, solved=False), record(5), record(6)]
+GREEDY = {
+    4: ids("ans +2 +2 end </s>")[:-1],  # correct and optimal: 4 tokens
+    3: ids("ans +1 +1 +1 end"),  # correct, length 3 vs l* 2: 5 tokens
+    2: ids("ans +1 end"),  # well-formed but wrong: 3 tokens
+    5: [ID["@@"], 999, ID["<pad>"], ID["#"], ID["+2"], -5, ID["@@"], ID["#"]],  # garbage: 8 tokens
+    6: ids("ans +2 +7 end"),  # well-formed, second step illegal: 4 tokens, 2 of 3 steps valid
+}
+C, W, G = ids("ans +2 +2 end"), ids("ans +1 end"), [ID["#"], ID["@@"]]
+SAMPLES = {  # 4 samples per problem; correct counts 2, 0, 4, 1, 1
+    4: [C, W, C, G],
+    3: [W, W, G, G],
+    2: [ids("ans +2 end"), ids("ans +1 +1 end"), ids("ans +2 end"), ids("ans +1 +1 end")],
+    5: [G, ids("ans +1 +2 +2 end"), W, G],
+    6: [W, W, ids("ans +2 +2 +2 end"), W],
+}
+
+
+def run(options=None, sampler=None, **kw):
+    sampler = sampler or FakeSampler(GREEDY, SAMPLES)
+    model = kw.pop("model", None)
+    out = evaluate(model, FakeTokenizer(), LineTask(), AnswerLinearization(), kw.pop("records", RECORDS),
+                   options, sampler=sampler, encode_prompt=encode_prompt, replay=kw.pop("replay", None))
+    return out, sampler
+
+
+def test_greedy_metrics_are_exact():
+    out, sampler = run(EvalOptions(max_new_tokens=33, batch_size=7))
+    assert sampler.calls == [dict(n=5, max_new_tokens=33, num_samples=1, temperature=0.0, top_p=1.0, seed=None,
+                                  batch_size=7)]
+    assert out["num_problems"] == 5
+    assert out["solve_rate"] == pytest.approx(2 / 5)
+    assert out["optimal_rate"] == pytest.approx(1 / 5)
+    assert out["swc"] == pytest.approx((1 + 2 / 3) / 5)
+    # ILR: solved problems whose record was solved: 20/4 and 30/5.
+    assert out["ilr"] == pytest.approx((20 / 4 + 30 / 5) / 2)
+    assert out["tokens_per_problem"] == pytest.approx((4 + 5 + 3 + 8 + 4) / 5)
+    assert out["tokens_per_solve"] == pytest.approx(24 / 2)
+    # Steps: 3/3, 4/4, 2/2, none (garbage), 2/3 (the +7 step is illegal).
+    assert out["fidelity"] == pytest.approx(11 / 12)
+    assert out["invalid_format_rate"] == pytest.approx(1 / 5)
+    assert out["model_nodes"] == pytest.approx((3 + 4 + 2 + 0 + 3) / 5)
+    assert out["model_depth"] == pytest.approx((2 + 3 + 1 + 0 + 2) / 5)
+    assert out["model_backtracks"] == 0 and out["model_expansions"] == 0
+    assert out["symbolic_solve_rate"] == pytest.approx(4 / 5)
+    assert out["symbolic_optimal_rate"] == pytest.approx(4 / 5)
+    assert out["symbolic_tokens"] == pytest.approx(110 / 5)
+    assert out["symbolic_nodes"] == 4 and out["symbolic_depth"] == 2
+    assert not any(k.startswith("pass@") for k in out)
+    assert all(isinstance(v, float) for v in out.values())
+
+
+def test_passk_pass_is_exact():
+    out, sampler = run(EvalOptions(num_samples=4, temperature=0.7, top_p=0.9, seed=3))
+    assert sampler.calls[1]["num_samples"] == 4
+    assert (sampler.calls[1]["temperature"], sampler.calls[1]["top_p"], sampler.calls[1]["seed"]) == (0.7, 0.9, 3)
+    assert out["pass@1"] == pytest.approx((2 + 0 + 4 + 1 + 1) / 20)
+    assert out["pass@2"] == pytest.approx((5 / 6 + 0 + 1 + 1 / 2 + 1 / 2) / 5)
+    assert out["pass@4"] == pytest.approx(4 / 5)
+    assert out["solve_rate"] == pytest.approx(2 / 5)  # the greedy numbers are unchanged by sampling
+
+
+def test_passk_in_chunks_gives_the_same_numbers(monkeypatch):
+    whole, _ = run(EvalOptions(num_samples=4, seed=10))
+    monkeypatch.setattr(ev, "PASSK_SEQUENCES_PER_CALL", 8)  # two problems per call
+    chunked, sampler = run(EvalOptions(num_samples=4, seed=10))
+    assert [c["n"] for c in sampler.calls] == [5, 2, 2, 1]
+    assert len({c["seed"] for c in sampler.calls[1:]}) == 3  # chunks draw different streams
+    assert dict(chunked) == pytest.approx(dict(whole))
+
+
+def test_examples_rows():
+    out, _ = run(EvalOptions(num_examples=3))
+    assert len(out.examples) == 3
+    assert out.examples[0] == {"prompt": "goal 4", "completion": "ans +2 +2 end", "verdict": "correct, optimal"}
+    assert out.examples[1]["verdict"] == "correct, length 3"
+    assert out.examples[2]["verdict"].startswith("wrong: ")
+
+
+def test_n_problems_and_options_from_dict():
+    out, sampler = run({"n_problems": 2, "num_samples": 0, "_target_": "ignored"})
+    assert out["num_problems"] == 2 and sampler.calls[0]["n"] == 2
+    assert out["solve_rate"] == 1.0
+    with pytest.raises(ValueError, match="unknown eval options"):
+        run({"max_tokens": 3})
+
+
+class RaisingLinearization(AnswerLinearization):
+    def parse(self, task, problem, text):
+        if "@@" in text:
+            raise RuntimeError("parser bug")
+        return super().parse(task, problem, text)
+
+
+class RaisingTask(LineTask):
+    def verify(self, problem, actions):
+        if problem["goal"] == 3:
+            raise KeyError("verifier bug")
+        return super().verify(problem, actions)
+
+
+def broken_replay(task, problem, parsed, reference_length=None):
+    raise ValueError("replay bug")
+
+
+@pytest.mark.parametrize("replay", [None, broken_replay], ids=["project_replay", "broken_replay"])
+def test_never_crashes_on_garbage_or_component_bugs(replay):
+    sampler = FakeSampler(GREEDY, SAMPLES)
+    out = evaluate(None, FakeTokenizer(), RaisingTask(), RaisingLinearization(), RECORDS,
+                   EvalOptions(num_samples=4), sampler=sampler, encode_prompt=encode_prompt, replay=replay)
+    assert out["solve_rate"] == pytest.approx(1 / 5)  # only goal 4; goal 3's verifier raised
+    assert out["invalid_format_rate"] == pytest.approx(1 / 5)  # the garbage the parser choked on
+    assert out["pass@4"] == pytest.approx(4 / 5)  # every goal but 3 keeps a correct sample
+    if replay is None:  # goal 3's replay raised (its verifier did): steps of goals 4, 2, 6 only
+        assert out["fidelity"] == pytest.approx(7 / 8)
+    else:  # no step could be replayed
+        assert math.isnan(out["fidelity"]) and out["model_nodes"] == 0.0
+
+
+def test_model_mode_is_restored():
+    model = torch.nn.Linear(2, 2)
+    model.train()
+    seen = []
+
+    class ModeSampler(FakeSampler):
+        def generate(self, *a, **k):
+            seen.append(model.training)
+            return super().generate(*a, **k)
+
+    run(model=model, sampler=ModeSampler(GREEDY, SAMPLES))
+    assert seen == [False] and model.training
+    model.eval()
+    run(model=model, sampler=ModeSampler(GREEDY, SAMPLES))
+    assert not model.training
+
+
+class OracleSampler:
+    """Returns each record's own completion (the symbolic algorithm's trace), optionally cut."""
+
+    def __init__(self, tokenizer, records, keep=1.0):
+        from metacot.data.collate import encode_prompt as project_encode
+
+        self.table = {}
+        for r in records:
+            ids = tokenizer.encode(r["completion"], add_special_tokens=False)
+            self.table[tuple(project_encode(tokenizer, r["prompt"]))] = ids[: int(len(ids) * keep)]
+
+    def generate(self, prompts, max_new_tokens, num_samples=1, **kw):
+        tokens = [self.table[tuple(p)] for p in prompts for _ in range(num_samples)]
+        return Out(tokens, [True] * len(tokens))
+
+
+@pytest.mark.parametrize(("task", "search", "lin"), [("maze", "astar", "searchformer"), ("countdown", "dfs", "sos")])
+def test_symbolic_traces_score_as_the_symbolic_algorithm(tmp_path, task, search, lin):
+    """Contract with the real data layer, tokenizer, formats and replay: a 'model' that writes the
+    symbolic trace back solves what the algorithm solved, with its search statistics, fidelity 1
+    and ILR 1; the same traces cut in half are malformed and solve nothing."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from metacot.data.build import build_dataset
+    from metacot.data.options import DataOptions
+    from metacot.data.records import read_split
+    from metacot.data.tokenizer import load_tokenizer
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    t, s, ln = (instantiate(OmegaConf.load(conf / g / f"{o}.yaml"), _convert_="all")
+                for g, o in (("task", task), ("search", search), ("linearization", lin)))
+    data = build_dataset(t, s, ln, DataOptions(train=4, val=12, test_unseen=4, workers=1, max_tokens=100_000),
+                         tmp_path)
+    tokenizer, records = load_tokenizer(data / "tokenizer"), read_split(data, "val")
+    out = evaluate(None, tokenizer, t, ln, records, EvalOptions(num_samples=2),
+                   sampler=OracleSampler(tokenizer, records))
+    assert out["num_problems"] == len(records) == 12
+    assert out["solve_rate"] == out["symbolic_solve_rate"] == out["pass@2"]
+    assert out["optimal_rate"] == out["symbolic_optimal_rate"]
+    assert out["fidelity"] == 1.0 and out["invalid_format_rate"] == 0.0 and out["ilr"] == 1.0
+    assert out["tokens_per_problem"] == out["symbolic_tokens"]
+    for k in ("nodes", "expansions", "backtracks", "depth"):
+        assert out[f"model_{k}"] == out[f"symbolic_{k}"]
+
+    cut = evaluate(None, tokenizer, t, ln, records, EvalOptions(), sampler=OracleSampler(tokenizer, records, 0.5))
+    assert cut["solve_rate"] == 0.0 and cut["invalid_format_rate"] == 1.0
+
+
+def test_no_records_gives_nan_rates_and_no_sampling():
+    out, sampler = run(EvalOptions(num_samples=4), records=[])
+    assert sampler.calls == [] and out["num_problems"] == 0
+    assert math.isnan(out["solve_rate"]) and math.isnan(out["pass@1"])
+
+
+def test_shard_takes_every_world_th_record(monkeypatch):
+    monkeypatch.setattr(ev, "_rank_world", lambda: (1, 2))  # rank 1 of 2 (no process group: no sync)
+    out, sampler = run(EvalOptions(shard=True))
+    assert sampler.calls[0]["n"] == 2  # goals 3 and 5
+    assert out["num_problems"] == 2 and out["solve_rate"] == 0.5
