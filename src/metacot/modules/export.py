@@ -1,0 +1,61 @@
+"""Export the trained model as a Hugging Face directory (`AutoModelForCausalLM.from_pretrained`).
+
+Global rank 0 writes; every rank must call `export_hf` (FSDP gathers the full weights with a
+collective, and all ranks wait for the files to exist before going on).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+
+def _full_fsdp_state(root: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The unsharded weights of an FSDP-wrapped root on rank 0 (CPU), or None if `root` is not
+    FSDP. The LightningModule's `model.` prefix is removed."""
+    try:
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:
+        return None
+    if not isinstance(root, FSDP):
+        return None
+    config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+    with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
+        state = root.state_dict()
+    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+
+def export_hf(trainer: L.Trainer, pl_module: L.LightningModule, tokenizer: Any, out_dir: str | Path) -> Path:
+    """Write `pl_module.model` (a `PreTrainedModel`) and `tokenizer` to `out_dir`."""
+    out_dir = Path(out_dir)
+    model = pl_module.model
+    state = _full_fsdp_state(trainer.strategy.model)
+    if trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if state is not None:  # rebuild an unwrapped copy: FSDP renamed the modules it wrapped
+            with torch.device("meta"):
+                model = type(model)(model.config)
+            missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+            model.tie_weights()
+            missing = [k for k in missing if k not in _tied_names(model)]
+            if missing or unexpected:
+                raise RuntimeError(f"FSDP export: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    trainer.strategy.barrier("export_hf")
+    return out_dir
+
+
+def _tied_names(model: torch.nn.Module) -> set[str]:
+    """Names of parameters that share storage with an earlier one (tied embeddings)."""
+    seen: set[int] = set()
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        seen.add(id(p))
+    return tied
