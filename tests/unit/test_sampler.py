@@ -1,0 +1,215 @@
+"""Sampler: token-for-token equal to a slow no-cache greedy decode, eos handling, sampling laws."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
+
+from metacot.generation import Sampler, pick_tokens, top_p_filter
+from metacot.models import GPT2Factory, LlamaFactory
+
+PAD, EOS = 0, 2
+
+
+def make_tokenizer(n_words: int) -> PreTrainedTokenizerFast:
+    vocab = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(n_words)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def build(kind: str, n_words: int = 60):
+    """Random tiny models; a large init scale keeps greedy paths varied, dropout makes train mode visible."""
+    torch.manual_seed(0)
+    tok = make_tokenizer(n_words)
+    if kind == "llama":
+        fac = LlamaFactory(
+            d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, dropout=0.3, init_std=0.3
+        )
+    else:
+        fac = GPT2Factory(d_model=32, n_layers=2, n_heads=4, dropout=0.3, init_std=0.3)
+    return fac.build(tok, max_seq_len=64).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP spinning makes
+    them many times slower; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def model(request):
+    return build(request.param)
+
+
+def reference_greedy(model, prompt, max_new_tokens, eos):
+    """The obviously-correct decoder: one full forward over the whole sequence per new token."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = int(model(torch.tensor([seq])).logits[0, -1].argmax())
+            if nxt == eos:
+                return seq[len(prompt) :], True
+            seq.append(nxt)
+    return seq[len(prompt) :], False
+
+
+PROMPTS = [[1, 5, 9], [1, 7], [1, 12, 30, 8, 44, 9, 3, 17, 25], [1], [1, 40, 41, 42, 43, 6], [1, 9, 9, 9]]
+
+
+def pick_eos(model, prompts, steps):
+    """An "eos" id the model emits mid-way for some prompts but not others: varied stop lengths by construction."""
+    runs = [reference_greedy(model, p, steps, eos=-1)[0] for p in prompts]
+    for cand in (runs[0][steps // 2], runs[2][1], runs[4][3]):
+        lengths = {run.index(cand) if cand in run else steps for run in runs}
+        if len(lengths) >= 3:
+            return cand
+    pytest.fail("no token gives varied stop lengths; change the seed")
+
+
+STEPS = 14
+
+
+@pytest.fixture(scope="module")
+def case(model):
+    """(eos, expected): an eos by construction and the reference decode of PROMPTS under it."""
+    eos = pick_eos(model, PROMPTS, STEPS)
+    expected = [reference_greedy(model, p, STEPS, eos) for p in PROMPTS]
+    assert any(done for _, done in expected) and not all(done for _, done in expected)
+    return eos, expected
+
+
+@pytest.mark.parametrize(
+    "batch_size, compact_fraction, sync_every",
+    [(1, 0.25, None), (4, 0.25, None), (None, 0.25, None), (4, 0.01, None), (None, 1.0, None), (4, 0.01, 3)],
+)
+def test_greedy_equals_reference(model, case, batch_size, compact_fraction, sync_every):
+    eos, expected = case
+    sampler = Sampler(
+        model, eos_token_id=eos, pad_token_id=PAD, compact_fraction=compact_fraction, sync_every=sync_every
+    )
+    out = sampler.generate(PROMPTS, max_new_tokens=STEPS, batch_size=batch_size)
+    assert out.tokens == [t for t, _ in expected]
+    assert out.finished == [d for _, d in expected]
+    assert all(eos not in t for t in out.tokens)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    prompts=st.lists(st.lists(st.integers(1, 63), min_size=1, max_size=10), min_size=1, max_size=5),
+    steps=st.integers(0, 8),
+    batch_size=st.integers(1, 6),
+)
+def test_greedy_equals_reference_fuzz(prompts, steps, batch_size):
+    model = FUZZ_MODEL
+    expected = [reference_greedy(model, p, steps, EOS) for p in prompts]
+    out = Sampler(model, EOS, PAD).generate(prompts, max_new_tokens=steps, batch_size=batch_size)
+    assert out.tokens == [t for t, _ in expected]
+    assert out.finished == [d for _, d in expected]
+
+
+FUZZ_MODEL = build("llama")
+
+
+def test_train_mode_is_switched_off_and_restored(model):
+    expected = [reference_greedy(model, p, 10, EOS)[0] for p in PROMPTS]
+    model.train()
+    try:
+        out = Sampler(model, EOS, PAD).generate(PROMPTS, max_new_tokens=10)
+        assert model.training
+    finally:
+        model.eval()
+    assert out.tokens == expected
+
+
+def test_num_samples_are_prompt_major(model):
+    prompts = PROMPTS[:3]
+    greedy = [reference_greedy(model, p, 6, EOS)[0] for p in prompts]
+    sampler = Sampler(model, EOS, PAD)
+    out = sampler.generate(prompts, max_new_tokens=6, num_samples=3)
+    assert out.tokens == [g for g in greedy for _ in range(3)]
+    # Sampling with a vanishing nucleus keeps only the argmax: the sampling path, same answers.
+    out = sampler.generate(
+        prompts, max_new_tokens=6, num_samples=3, temperature=1.0, top_p=1e-6, seed=3, batch_size=2
+    )
+    assert out.tokens == [g for g in greedy for _ in range(3)]
+    assert len(out.finished) == 9
+
+
+def test_seed_determinism(model):
+    sampler = Sampler(model, EOS, PAD)
+    kwargs = dict(max_new_tokens=12, num_samples=4, temperature=1.5, top_p=0.95, batch_size=5)
+    a = sampler.generate(PROMPTS, seed=7, **kwargs)
+    b = sampler.generate(PROMPTS, seed=7, **kwargs)
+    c = sampler.generate(PROMPTS, seed=8, **kwargs)
+    assert a == b
+    assert a.tokens != c.tokens
+    assert len({tuple(t) for t in a.tokens[:4]}) > 1  # samples of one prompt differ
+
+
+def test_ignore_eos_runs_every_step(model):
+    out = Sampler(model, EOS, PAD).generate(PROMPTS, max_new_tokens=9, ignore_eos=True)
+    assert all(len(t) == 9 for t in out.tokens) and not any(out.finished)
+    ref = [reference_greedy(model, p, 9, eos=-1)[0] for p in PROMPTS]
+    assert out.tokens == ref
+
+
+def test_uniform_model_samples_uniformly():
+    """Zero final-norm weights make every logit 0: first tokens must be uniform over the vocabulary."""
+    model = build("llama", n_words=6)  # V = 10
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+    n = 4000
+    out = Sampler(model, EOS, PAD).generate(
+        [[1, 4]], max_new_tokens=1, num_samples=n, temperature=1.0, seed=0
+    )
+    counts = torch.zeros(10)
+    for toks, done in zip(out.tokens, out.finished, strict=True):
+        counts[EOS if done else toks[0]] += 1
+    assert torch.all((counts / n - 0.1).abs() < 0.02), counts  # ~4.2 standard deviations
+
+
+def test_pick_tokens_distribution():
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = p.log().expand(40000, 4)
+    g = torch.Generator().manual_seed(0)
+
+    def freq(**kw):
+        return torch.bincount(pick_tokens(logits, generator=g, **kw), minlength=4).float() / 40000
+
+    torch.testing.assert_close(freq(temperature=1.0), p, atol=0.012, rtol=0)
+    hot = p.sqrt() / p.sqrt().sum()  # temperature 2 flattens: p^(1/2)
+    torch.testing.assert_close(freq(temperature=2.0), hot, atol=0.012, rtol=0)
+    nucleus = torch.tensor([0.625, 0.375, 0.0, 0.0])  # 0.5 + 0.3 >= 0.7: two tokens, renormalised
+    torch.testing.assert_close(freq(temperature=1.0, top_p=0.7), nucleus, atol=0.012, rtol=0)
+    assert torch.equal(pick_tokens(logits[:3]), torch.zeros(3, dtype=torch.long))
+
+
+def test_top_p_filter_by_hand():
+    probs = torch.tensor([[0.1, 0.6, 0.3], [0.25, 0.25, 0.5]])
+    kept = top_p_filter(probs, 0.6)
+    assert torch.equal(kept, torch.tensor([[0.0, 0.6, 0.0], [0.25, 0.0, 0.5]]))
+    assert torch.equal(top_p_filter(probs, 1.0), probs)
+
+
+def test_bad_arguments(model):
+    sampler = Sampler(model, EOS, PAD)
+    with pytest.raises(ValueError, match="at least one token"):
+        sampler.generate([[1], []], max_new_tokens=3)
+    with pytest.raises(ValueError, match="top_p"):
+        sampler.generate([[1]], max_new_tokens=3, temperature=1.0, top_p=0.0)
+    assert sampler.generate([], max_new_tokens=3).tokens == []
+    assert sampler.generate([[1, 2]], max_new_tokens=0).tokens == [[]]
+
+
+def test_learned_positions_limit_is_a_clear_error():
+    model = build("gpt2")
+    with pytest.raises(ValueError, match="64 positions"):
+        Sampler(model, EOS, PAD).generate([[1] * 60], max_new_tokens=5)
