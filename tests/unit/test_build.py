@@ -106,6 +106,8 @@ def test_end_to_end_counts_manifest_and_records(tmp_path):
     assert m["config"]["data"]["train"] == 60 and "workers" not in m["config"]["data"]
     stats = json.loads((d / "build_stats.json").read_text())
     assert stats["traces"] == 84 and stats["traces_per_s"] > 0
+    assert 0 < stats["sample_cpu_seconds"] <= stats["worker_cpu_seconds"]
+    assert stats["cpu_us_per_trace"] == pytest.approx(1e6 * stats["worker_cpu_seconds"] / 84, abs=1e6 * 5e-4 / 84 + 0.1)
 
 
 def test_unsolved_dropped_from_train_only(tmp_path):

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metacot.linearization.base import ParsedTrace
-from metacot.linearization.common import cost_value, split_lines
+from metacot.linearization.common import cost_value, single_spaced, split_lines
 from metacot.linearization.dropping import DualformerDropping
 from metacot.linearization.fidelity import replay
 from metacot.linearization.metacot import MetaCoTLinearization
@@ -191,13 +191,11 @@ generated # 0 1
 move to # 0 1
 current state 4
 explore - 2 -> 2
-generated # 0 1 0
-no solution # 0 1 0
+no solution
 move to # 0 0
 current state 2
 explore + 3 -> 5
-generated # 0 0 0
-goal reached # 0 0 0
+goal reached
 answer
 * 2
 + 3
@@ -393,6 +391,12 @@ def test_words_are_task_words_or_keywords(fmt):
         assert words <= vocab, words - vocab
 
 
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from("ab1 =\t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u2000\u3000é\x00"), max_size=12))
+def test_single_spaced_is_join_split(text):
+    assert single_spaced(text) == " ".join(text.split())
+
+
 def test_decoder_spacing_is_tolerated():
     task = HopTask()
     for make in FORMATS.values():
@@ -508,10 +512,17 @@ def test_errors_name_the_line_and_parsing_goes_on():
     sos = SoSLinearization().parse(task, HOP, "start # 0 : 1\nexplore + 3 -> 4\nmove to # 0\ncurrent state 1\n"
                                              "generated # 0 0\nanswer none\n+ 1\nend")
     assert [(e.line, e.message) for e in sos.errors] == [
-        (1, "'explore' without a 'generated' line after it"),
+        (1, "'explore' without a 'generated' line (or a bare verdict) after it"),
         (4, "'generated' without an 'explore' line before it"),
         (6, "action after 'answer none'")]
     assert sos.complete and sos.answer is None
+    # a bare verdict needs an `explore` just before it and a `move to` (its leaf's parent) earlier
+    sos = SoSLinearization().parse(task, HOP, "start # 0 : 1\nexplore + 3 -> 4\nno solution\nmove to # 0\n"
+                                             "no solution\nexplore + 3 -> 4\ngoal reached\nanswer none\nend")
+    assert [(e.line, e.message.split(" (")[0]) for e in sos.errors] == [
+        (2, "expected 'no solution # <path>'"), (4, "expected 'no solution # <path>'")]
+    assert [(e.kind, e.node, e.parent) for e in sos.events] == [
+        (GENERATE, 0, None), (EXPAND, 0, None), (GENERATE, 1, 0), (GOAL, 1, None)]
 
     meta = MetaCoTLinearization().parse(task, HOP, "start 1 v5\ngo 1\n+ 3 -> 44 v2\nback to 6\nanswer\n+ 3")
     assert [e.line for e in meta.errors] == [2] and not meta.complete and meta.answer is None

@@ -15,6 +15,7 @@ from metacot.search.bfs import BFSSearch
 from metacot.search.dfs import DFSSearch
 from metacot.search.mcts import MCTSSearch
 from metacot.search.trace import BUDGET, DEAD_END, EXPAND, GENERATE, GOAL, SearchTrace
+from metacot.tasks.base import Task
 from metacot.tasks.countdown import CountdownTask
 from metacot.tasks.maze import MazeTask
 from tests.unit.toy_tasks import GraphTask, brute_force, path_cost
@@ -211,6 +212,10 @@ def test_bad_arguments_say_what_to_fix():
         AStarSearch(weight=-1)
     with pytest.raises(ValueError, match="max_depth"):
         DFSSearch(max_depth=-2)
+    with pytest.raises(ValueError, match="prune_threshold"):
+        DFSSearch(prune_threshold=[3])
+    with pytest.raises(ValueError, match="names no numeric field"):
+        DFSSearch(prune_threshold="tagret").run(CountdownTask(), {"target": 10, "numbers": [5, 2, 1]})
 
 
 # --- hand-computed traces ----------------------------------------------------------------------
@@ -403,6 +408,38 @@ def test_countdown4_solutions_use_every_number(algo):
             assert len(trace.solution) == 3 and task.verify(problem, trace.solution).correct
         if algo in ("bfs", "dfs", "astar", "greedy"):
             assert trace.solved, "sampled problems are solvable and these searches are complete"
+
+
+def test_countdown_dfs_prunes_at_the_target_like_sos():
+    # 16 from (9, 12, 12): SoS's threshold=target tries the root's children with mean |n - 16| <= 16
+    # best first (h 4.5, 7.5, 8.5, 11, 11.5) and never 12 * 9 (h 48) or 12 * 12 (h 67.5), the only
+    # way to 16 (144 / 9), so it fails where the unpruned DFS succeeds.
+    task, problem = CountdownTask(), {"target": 16, "numbers": [9, 12, 12]}
+    trace = DFSSearch(prune_threshold="target").run(task, problem)
+    tried = [e.action for e in trace.events if e.kind == GENERATE and e.parent == 0]
+    assert tried == ["12 + 9 = 21", "12 + 12 = 24", "12 - 9 = 3", "12 / 12 = 1", "12 - 12 = 0"]
+    assert all(e.h <= 16 for e in trace.events if e.kind == GENERATE)
+    assert not trace.solved and trace.meta == {"exhausted": True}
+    assert DFSSearch().run(task, problem).solution == ["12 * 12 = 144", "144 / 9 = 16"]
+    assert trace == DFSSearch(prune_threshold=16).run(task, problem)  # the field's value, as a number
+    assert DFSSearch(prune_threshold="target").describe()["prune_threshold"] == "target"
+
+
+class DefaultScoring(CountdownTask):
+    """Countdown with the base class's scored_successors (successors + heuristic, nothing fused)."""
+
+    scored_successors = Task.scored_successors
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=SEEDS, shuffle=st.booleans(), threshold=st.sampled_from([None, "target", 20.0]),
+       closed=st.booleans(), heuristic=st.sampled_from(["sum", "mult"]))
+def test_dfs_trace_does_not_depend_on_the_fused_scoring(seed, shuffle, threshold, closed, heuristic):
+    kw = {"num_count": 4, "max_number": 30, "heuristic": heuristic}
+    fused, plain = CountdownTask(**kw), DefaultScoring(**kw)
+    problem = fused.sample_problems("train", 1, seed)[0]
+    dfs = DFSSearch(shuffle=shuffle, prune_threshold=threshold, closed_set=closed, max_expansions=300)
+    assert dfs.run(fused, problem, seed).to_dict() == dfs.run(plain, problem, seed).to_dict()
 
 
 def test_countdown_dfs_follows_stream_of_search():

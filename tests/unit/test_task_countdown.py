@@ -83,6 +83,41 @@ def test_goal_requires_all_numbers(task):
     assert not v.correct and v.length == 1 and "step 2" in v.error
 
 
+@pytest.mark.parametrize("heuristic", ["sum", "mult"])
+@settings(max_examples=150, deadline=None)
+@given(numbers=st.lists(st.integers(0, 120), min_size=1, max_size=5), target=st.integers(1, 150),
+       max_h=st.sampled_from([0.0, 2.5, 7.0, 40.0, 1e9]))
+def test_scored_successors_is_successors_with_their_heuristic(heuristic, numbers, target, max_h):
+    """The fused override agrees with the base class (successors + heuristic, same order), and
+    leaves out exactly the children over max_h."""
+    task = CountdownTask(num_count=5, max_number=30, heuristic=heuristic)
+    problem, state = P(target, numbers), tuple(sorted(numbers))
+    reference = Task.scored_successors(task, problem, state)
+    assert reference == [(task.heuristic(problem, s.state), s.action, s.state, s.cost)
+                         for s in task.successors(problem, state)]
+    assert task.scored_successors(problem, state) == reference
+    assert task.scored_successors(problem, state, max_h) == [r for r in reference if r[0] <= max_h]
+
+
+def test_scored_successors_by_hand():
+    task = CountdownTask()
+    # (2, 5) with target 10: + 7 (h 3), - 3 (h 7), * 10 (h 0); 5 / 2 is inexact
+    assert task.scored_successors(P(10, [5, 2]), (2, 5)) == [
+        (3.0, "5 + 2 = 7", (7,), 1.0), (7.0, "5 - 2 = 3", (3,), 1.0), (0.0, "5 * 2 = 10", (10,), 1.0)]
+    assert task.scored_successors(P(10, [5, 2]), (2, 5), max_h=3.0) == [
+        (3.0, "5 + 2 = 7", (7,), 1.0), (0.0, "5 * 2 = 10", (10,), 1.0)]
+    assert task.scored_successors(P(10, [4]), (4,)) == []
+
+
+def test_optimal_lengths_batch_agrees_with_one_at_a_time(sos):
+    rng = np.random.default_rng(5)
+    problems = [P(int(t), rng.integers(0, 30, size=n).tolist()) for n in (1, 2, 3, 4) for t in rng.integers(1, 90, 40)]
+    problems += [P(0, [3, 3]), P(5, [])]  # outside the vectorised check: the recursive solver answers
+    lengths = sos.optimal_lengths(problems)
+    assert lengths == [sos.optimal_length(p) for p in problems]
+    assert None in lengths and 3 in lengths and sos.optimal_lengths([]) == []
+
+
 def test_optimal_length_and_solution(sos):
     assert sos.optimal_length(P(24, [3, 5, 7, 9])) == 3
     assert sos.optimal_length(P(99, [1, 1, 1, 1])) is None
@@ -95,6 +130,10 @@ def test_heuristics_hand_computed():
     assert sum_heuristic((10,), 10) == 0.0
     assert mult_heuristic((5, 13), 12) == 2.0  # factors 2 3 4 6 12: |5-4|, |13-12|
     assert mult_heuristic((12,), 12) == 0.0
+    for target in (1, 2, 7, 12, 97, 100):  # nearest factor by bisection = by brute force
+        factors = [d for d in range(2, target + 1) if target % d == 0] or [target]
+        for x in range(0, 250, 7):
+            assert mult_heuristic((x,), target) == min(abs(x - f) for f in factors)
     t = CountdownTask(heuristic="mult")
     assert t.heuristic(P(12, [5, 13]), (5, 13)) == 2.0
     assert t.describe()["heuristic"] == "mult"

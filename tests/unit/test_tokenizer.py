@@ -78,12 +78,15 @@ def test_saved_directory_loads_with_both_hf_classes(tmp_path, numbers):
 
 
 def test_make_tokenizer_from_a_local_path(tmp_path):
-    class Source:  # only alphabet()/keywords() are used
+    class Source:  # only alphabet()/keywords()/task_keywords() are used
         def alphabet(self):
             return ["zz", "yy"]
 
         def keywords(self):
             return ["ww"]
+
+        def task_keywords(self, task):
+            return []
 
     built = make_tokenizer(Source(), Source(), "words")
     assert built.convert_ids_to_tokens(ids(built, "zz ww")) == ["zz", "ww"]

@@ -15,6 +15,7 @@ render, count tokens and write each shard in the worker (one large write per sha
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import multiprocessing as mp
@@ -181,8 +182,11 @@ def _build_into(tmp: Path, task: Any, search: Any, lin: Any, options: DataOption
     shards_needed = -(-sum(options.counts.values()) // options.shard_size)
     workers = max(1, min(options.num_workers(), shards_needed))  # no idle processes for small builds
     pool = _pool(workers, init_args)
+    froze = pool is None and not gc.get_freeze_count()  # in this process, unless the caller froze:
+    if froze:  # keep the collector off what is alive now (see shards.init_pool_worker)
+        gc.freeze()
     try:
-        problems = _sample_all(pool, task, options)
+        problems, sample_cpu = _sample_all(pool, task, options)
         t_sampled = time.perf_counter()
         results = _render_all(pool, problems, options)
     except BaseException:
@@ -193,12 +197,17 @@ def _build_into(tmp: Path, task: Any, search: Any, lin: Any, options: DataOption
         if pool is not None:
             pool.close()
             pool.join()
+        if froze:
+            gc.unfreeze()
         shards._STATE.clear()
     seconds = time.perf_counter() - start
     manifest = make_manifest(key, digest, options, {k: len(v) for k, v in problems.items()}, results)
     traces = sum(r.traces for r in results)
+    cpu = sample_cpu + sum(r.cpu_seconds for r in results)  # the workers' CPU: robust to a busy machine
     stats = {"seconds": round(seconds, 3), "sample_seconds": round(t_sampled - start, 3),
-             "traces": traces, "traces_per_s": round(traces / max(seconds, 1e-9), 1), "workers": workers}
+             "traces": traces, "traces_per_s": round(traces / max(seconds, 1e-9), 1), "workers": workers,
+             "worker_cpu_seconds": round(cpu, 3), "sample_cpu_seconds": round(sample_cpu, 3),
+             "cpu_us_per_trace": round(1e6 * cpu / max(traces, 1), 1)}
     (tmp / BUILD_STATS).write_text(json.dumps(stats, indent=1) + "\n")
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")  # last: marks it complete
 
@@ -210,7 +219,7 @@ def _pool(workers: int, init_args: tuple) -> Any:
         shards.init_worker(*init_args)
         return None
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Pool(workers, initializer=shards.init_worker, initargs=init_args)
+    return mp.get_context(method).Pool(workers, initializer=shards.init_pool_worker, initargs=init_args)
 
 
 def _map(pool: Any, fn: Any, jobs: list, progress: tqdm | None = None, weight: Any = None) -> list:
@@ -224,16 +233,18 @@ def _map(pool: Any, fn: Any, jobs: list, progress: tqdm | None = None, weight: A
     return out
 
 
-def _sample_all(pool: Any, task: Any, options: DataOptions) -> dict[str, list[dict[str, Any]]]:
+def _sample_all(pool: Any, task: Any, options: DataOptions) -> tuple[dict[str, list[dict[str, Any]]], float]:
     """Distinct problems per split, none in two splits. Each split draws a stream of chunks (chunk
     k always holds the same problems); train takes the first distinct problems of its stream, val
     the first ones train did not take, test_unseen likewise. So the result depends neither on the
-    pool nor on how chunks are scheduled. A split left short by duplicates draws more."""
+    pool nor on how chunks are scheduled. A split left short by duplicates draws more. Also returns
+    the workers' CPU seconds."""
     streams: dict[str, list[tuple[str, dict[str, Any]]]] = {s: [] for s in SPLITS}
     next_chunk = dict.fromkeys(SPLITS, 0)
     exhausted = dict.fromkeys(SPLITS, False)
     stale = dict.fromkeys(SPLITS, 0)  # consecutive rounds that found no new problem
     chosen = _select(streams, options.counts)
+    cpu = 0.0
     for round_ in range(MAX_ROUNDS):
         jobs = []
         for split in SPLITS:
@@ -251,7 +262,8 @@ def _sample_all(pool: Any, task: Any, options: DataOptions) -> dict[str, list[di
         with tqdm(total=sum(j[2] for j in jobs), desc=desc, unit="problem", dynamic_ncols=True,
                   mininterval=0.5, leave=False) as bar:
             results = _map(pool, shards.sample_chunk, jobs, bar, weight=lambda j: j[2])
-        for (split, _k, n), problems in zip(jobs, results, strict=True):
+        for (split, _k, n), (problems, seconds) in zip(jobs, results, strict=True):
+            cpu += seconds
             exhausted[split] |= len(problems) < n  # the task has no more problems for this split
             streams[split].extend((task.problem_id(p), p) for p in problems)
         before = {s: len(chosen[s]) for s in SPLITS}
@@ -263,7 +275,7 @@ def _sample_all(pool: Any, task: Any, options: DataOptions) -> dict[str, list[di
         if len(chosen[split]) < options.counts[split]:
             print(f"datagen: split {split} has {len(chosen[split])} distinct problems, "
                   f"{options.counts[split]} were asked for (the task has no more)", file=sys.stderr)
-    return chosen
+    return chosen, cpu
 
 
 def _select(streams: dict[str, list[tuple[str, dict[str, Any]]]], counts: dict[str, int]) -> dict[str, list]:

@@ -7,9 +7,11 @@ worker, so the dataset does not depend on how many workers built it.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +38,22 @@ def init_worker(task: Any, search: Any, linearization: Any, tokenizer_file: str,
                   counter=TokenCounter(Tokenizer.from_file(tokenizer_file)))
 
 
-def sample_chunk(job: tuple[str, int, int]) -> list[dict[str, Any]]:
-    """Problems of chunk `k` of `split`: `n` of them from a seed derived from (seed, split, k)."""
+def init_pool_worker(*args: Any) -> None:
+    """`init_worker` for a pool process, which then freezes what is alive (modules, tokenizer,
+    engine: it lives as long as the process) so that garbage collections, triggered every few
+    hundred of the ~1e3 objects a trace allocates, no longer walk it."""
+    init_worker(*args)
+    gc.collect()
+    gc.freeze()
+
+
+def sample_chunk(job: tuple[str, int, int]) -> tuple[list[dict[str, Any]], float]:
+    """Problems of chunk `k` of `split`: `n` of them from a seed derived from (seed, split, k);
+    and the CPU seconds that took."""
     split, k, n = job
-    return _STATE["task"].sample_problems(split, n, derive_seed(_STATE["options"].seed, split, "sample", k))
+    start = time.process_time()
+    problems = _STATE["task"].sample_problems(split, n, derive_seed(_STATE["options"].seed, split, "sample", k))
+    return problems, time.process_time() - start
 
 
 @dataclass
@@ -53,6 +67,7 @@ class ShardResult:
     unsolved_dropped: int = 0
     overlong: int = 0
     records: int = 0
+    cpu_seconds: float = 0.0  # this worker's CPU time for the shard (timing only, not in the manifest)
     trace_tokens: list[int] = field(default_factory=list)
     sequence_tokens: list[int] = field(default_factory=list)
 
@@ -60,6 +75,7 @@ class ShardResult:
 def render_shard(job: tuple[str, int, str, int, list[dict[str, Any]]]) -> ShardResult:
     """Search, render, count and write one shard; record ids are global problem indices x traces."""
     split, index, name, first, problems = job
+    start = time.process_time()
     task, search, lin = _STATE["task"], _STATE["search"], _STATE["lin"]
     options: DataOptions = _STATE["options"]
     count = _STATE["counter"].count
@@ -68,8 +84,8 @@ def render_shard(job: tuple[str, int, str, int, list[dict[str, Any]]]) -> ShardR
     drop_overlong = options.overlong == "drop"
     res = ShardResult(split, index, name)
     lines: list[str] = []
-    for i, problem in enumerate(problems, start=first):
-        optimal: Any = ...  # (unset) computed at most once per problem, only if a record needs it
+    optimal_lengths = task.optimal_lengths(problems)  # batched: one vectorised call for some tasks
+    for i, (problem, optimal) in enumerate(zip(problems, optimal_lengths, strict=True), start=first):
         seen: set[str] = set()
         for t in range(per_problem):
             trace = search.run(task, problem, derive_seed(options.seed, split, i, t))
@@ -89,8 +105,6 @@ def render_shard(job: tuple[str, int, str, int, list[dict[str, Any]]]) -> ShardR
                 res.overlong += 1
                 if drop_overlong:
                     continue
-            if optimal is ...:
-                optimal = task.optimal_length(problem)
             lines.append(_dumps({
                 "id": i * per_problem + t, "prompt": prompt, "completion": completion,
                 "problem": problem, "solved": trace.solved,
@@ -104,4 +118,5 @@ def render_shard(job: tuple[str, int, str, int, list[dict[str, Any]]]) -> ShardR
     with open(_STATE["out_dir"] / name, "wb") as f:
         f.write(data)
     res.records, res.bytes = len(lines), len(data)
+    res.cpu_seconds = time.process_time() - start
     return res

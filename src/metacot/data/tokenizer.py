@@ -111,7 +111,9 @@ def normalize_text(text: str) -> str:
 class TokenCounter:
     """Counts tokens fast and exactly. For a tokenizer built here a text's count is the sum of its
     words' piece counts plus its newlines, and words repeat a lot, so a per-word cache (filled by
-    the same greedy longest-match WordPiece runs) replaces the much slower full encode. Other
+    the same greedy longest-match WordPiece runs) replaces the much slower full encode. Most texts
+    hold vocabulary words only (one token each: the greedy match takes a whole vocabulary word
+    first), which one C-level set check confirms, so their count is just words + newlines. Other
     tokenizers are encoded in batches."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast | Tokenizer):
@@ -119,10 +121,14 @@ class TokenCounter:
         self.word_level = _is_word_level(self.backend)
         if self.word_level:
             self._pieces: dict[str, int] = _PieceCache(self.backend)
+            self._whole = self._pieces.vocab  # words that are one token each
 
     def count(self, text: str) -> int:
         if self.word_level and text.isascii():
-            return sum(map(self._pieces.__getitem__, text.split())) + text.count(NEWLINE)
+            words = text.split()
+            if self._whole.issuperset(words):
+                return len(words) + text.count(NEWLINE)
+            return sum(map(self._pieces.__getitem__, words)) + text.count(NEWLINE)
         return len(self.backend.encode(text, add_special_tokens=False).ids)
 
     def count_batch(self, texts: list[str]) -> list[int]:

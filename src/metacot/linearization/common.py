@@ -56,11 +56,21 @@ def step_cost(task: Task, problem: Problem, parent_state: Any, action: str | Non
     return 1.0
 
 
-def step_text(task: Task, problem: Problem, action: str, state: Any) -> str:
+def single_spaced(text: str) -> str:
+    """`" ".join(text.split())`, skipping the split when the text is already single-spaced (the
+    usual case: tasks write their actions that way). `isprintable()` rules out every whitespace
+    character but the ASCII space, so the fast path agrees with `split()` exactly."""
+    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text
+    return " ".join(text.split())
+
+
+def step_text(task: Task, problem: Problem, action: str, state: Any, state_text: str | None = None) -> str:
     """`<action> -> <state>`, or just `<action>` when its words are the state's (mazes: a move is
-    the cell it reaches), which keeps such traces compact."""
-    st = task.state_text(problem, state)
-    a = " ".join(action.split())
+    the cell it reaches), which keeps such traces compact. `state_text`: the state's text if the
+    caller already has it."""
+    st = task.state_text(problem, state) if state_text is None else state_text
+    a = single_spaced(action)
     return a if a == st else f"{a} {ARROW} {st}"
 
 

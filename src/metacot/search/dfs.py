@@ -2,7 +2,11 @@
 
 At each node the children are sorted by heuristic (ascending; ties keep successor order, or are
 random with `shuffle`), children whose heuristic exceeds `prune_threshold` are dropped (never
-generated), and the search dives into each remaining child in turn. The goal test runs when a
+generated), and the search dives into each remaining child in turn. The threshold is a number or
+the name of a problem field: the SoS generator ran `dfs(..., threshold=target)`, which is
+`prune_threshold: target` here (about half the nodes of an unpruned DFS on Countdown-4; it fails
+on problems whose every solution passes through a pruned child). Children come from
+`Task.scored_successors` (one call per node; the task may skip building pruned children). The goal test runs when a
 node is *generated* (as SoS checks each explored operation), so DFS is complete on finite spaces
 but not optimal.
 
@@ -36,7 +40,7 @@ class DFSSearch(SearchAlgorithm):
         self,
         max_expansions: int = 10_000,
         shuffle: bool = False,
-        prune_threshold: float | None = None,
+        prune_threshold: float | str | None = None,
         max_depth: int | None = None,
         closed_set: bool = False,
         name: str = "dfs",
@@ -44,39 +48,47 @@ class DFSSearch(SearchAlgorithm):
         super().__init__(max_expansions=max_expansions, shuffle=shuffle)
         if max_depth is not None and max_depth < 0:
             raise ValueError(f"max_depth must be >= 0 or null, got {max_depth}")
+        if isinstance(prune_threshold, bool) or not isinstance(prune_threshold, (int, float, str, type(None))):
+            raise ValueError("prune_threshold must be a number, the name of a numeric problem field "
+                             f"(e.g. target) or null, got {prune_threshold!r}")
         self.prune_threshold = prune_threshold
         self.max_depth = max_depth
         self.closed_set = closed_set
         self.name = name
 
+    def threshold(self, problem: Problem) -> float:
+        """The pruning threshold for this problem: the number, the named problem field, or inf."""
+        t = self.prune_threshold
+        if t is None:
+            return math.inf
+        if isinstance(t, str):
+            if not isinstance(problem.get(t), (int, float)):
+                raise ValueError(f"search.prune_threshold={t!r} names no numeric field of the problem "
+                                 f"(fields: {sorted(problem)}); use a number or one of those fields")
+            return problem[t]
+        return t
+
     def search(self, task: Task, problem: Problem, rng: random.Random) -> SearchTrace:
-        successors, is_goal, heuristic = task.successors, task.is_goal, task.heuristic
-        shuffle, closed = self.shuffle, self.closed_set
-        threshold = math.inf if self.prune_threshold is None else self.prune_threshold
+        scored, is_goal = task.scored_successors, task.is_goal
+        shuffle, closed, max_expansions = self.shuffle, self.closed_set, self.max_expansions
+        threshold = self.threshold(problem)
+        # The task may leave pruned children out, except when shuffling: the shuffle must see every
+        # child to draw the same permutation.
+        max_h = math.inf if shuffle else threshold
         max_depth = math.inf if self.max_depth is None else self.max_depth
         seen: set = set()  # states on the current path (with closed_set: ever generated)
 
-        def children(state, depth):
-            """The children worth trying, best heuristic first, as (h, Successor) pairs."""
-            if depth >= max_depth:
-                return ()
-            succ = successors(problem, state)
-            if not succ:
-                return ()
+        def children(kids):
+            """The (h, action, state, cost) children worth trying, best heuristic first."""
             if shuffle:
-                succ = list(succ)  # never shuffle a list the task may have cached
-                rng.shuffle(succ)
-            kids = []
-            for s in succ:
-                if s.state not in seen:
-                    h = heuristic(problem, s.state)
-                    if h <= threshold:
-                        kids.append((h, s))
+                kids = list(kids)  # never shuffle a list the task may have cached
+                rng.shuffle(kids)
+            kids = [k for k in kids if k[0] <= threshold and k[2] not in seen]
             kids.sort(key=_first)  # stable: ties keep successor (or shuffled) order
             return kids
 
         root = task.initial_state(problem)
-        events = [TraceEvent(GENERATE, 0, None, root, None, 0.0, heuristic(problem, root))]
+        events = [TraceEvent(GENERATE, 0, None, root, None, 0.0, task.heuristic(problem, root))]
         num_nodes, expanded, max_frontier, pending = 1, 0, 0, 0
         stack: list = []  # the current path: (node, state, g, depth, untried kids, action)
         solution = None
@@ -86,7 +98,7 @@ class DFSSearch(SearchAlgorithm):
             events.append(TraceEvent(GOAL, 0))
         else:
             seen.add(root)
-            kids = children(root, 0)
+            kids = children(scored(problem, root, max_h)) if max_depth > 0 else ()
             if kids:
                 events.append(TraceEvent(EXPAND, 0))
                 expanded = 1
@@ -95,54 +107,56 @@ class DFSSearch(SearchAlgorithm):
             else:
                 events.append(TraceEvent(DEAD_END, 0))
         last = 0  # the node the search stands on
+        append = events.append
         while stack:
-            node, _, g, depth, untried, _ = frame = stack[-1]
-            kid = next(untried, None)
-            if kid is None:  # every child of this node failed
-                stack.pop()
-                if not closed:
-                    seen.discard(frame[1])
-                continue
-            pending -= 1
-            h, s = kid
-            state = s.state
-            if closed:
-                if state in seen:  # generated meanwhile in a sibling's subtree
+            node, _, g, depth, untried, _ = stack[-1]
+            deeper = depth + 1 < max_depth
+            for h, action, state, cost in untried:  # try children until one is worth moving into
+                pending -= 1
+                if closed:
+                    if state in seen:  # generated meanwhile in a sibling's subtree
+                        continue
+                    seen.add(state)
+                if last != node:  # a subtree failed: move back to this node first
+                    append(TraceEvent(EXPAND, node))
+                    last = node
+                child = num_nodes
+                num_nodes += 1
+                append(TraceEvent(GENERATE, child, node, state, action, g + cost, h))
+                if is_goal(problem, state):
+                    solution = [f[5] for f in stack[1:]]
+                    solution.append(action)
+                    append(TraceEvent(GOAL, child))
+                    stack.clear()
+                    break
+                grandkids = scored(problem, state, max_h) if deeper else None
+                if grandkids:
+                    if not closed:
+                        seen.add(state)
+                    grandkids = children(grandkids)
+                    if not grandkids and not closed:
+                        seen.discard(state)
+                if not grandkids:
+                    append(TraceEvent(DEAD_END, child))
                     continue
-                seen.add(state)
-            if last != node:  # a subtree failed: move back to this node first
-                events.append(TraceEvent(EXPAND, node))
-                last = node
-            child = num_nodes
-            num_nodes += 1
-            cg = g + s.cost
-            events.append(TraceEvent(GENERATE, child, node, state, s.action, cg, h))
-            if is_goal(problem, state):
-                solution = [f[5] for f in stack[1:]]
-                solution.append(s.action)
-                events.append(TraceEvent(GOAL, child))
+                if expanded >= max_expansions:
+                    append(TraceEvent(BUDGET, -1))
+                    stack.clear()
+                    break
+                append(TraceEvent(EXPAND, child))
+                expanded += 1
+                last = child
+                stack.append((child, state, g + cost, depth + 1, iter(grandkids), action))
+                pending += len(grandkids)
+                if pending > max_frontier:
+                    max_frontier = pending
                 break
-            if not closed:
-                seen.add(state)
-            grandkids = children(state, depth + 1)
-            if not grandkids:
+            else:  # every child of this node failed
+                state = stack.pop()[1]
                 if not closed:
                     seen.discard(state)
-                events.append(TraceEvent(DEAD_END, child))
-                continue
-            if expanded >= self.max_expansions:
-                events.append(TraceEvent(BUDGET, -1))
-                break
-            events.append(TraceEvent(EXPAND, child))
-            expanded += 1
-            last = child
-            stack.append((child, state, cg, depth + 1, iter(grandkids), s.action))
-            pending += len(grandkids)
-            if pending > max_frontier:
-                max_frontier = pending
-        else:
-            if solution is None:
-                meta["exhausted"] = True
+        if solution is None and events[-1].kind != BUDGET:
+            meta["exhausted"] = True
         return SearchTrace(
             task=task.name, algorithm=self.name, problem=problem, events=events,
             solution=solution, solved=solution is not None,

@@ -160,15 +160,18 @@ def search_stats(events: list[TraceEvent]) -> dict[str, Any]:
     generated = expansions = backtracks = 0
     last_expanded: int | None = None
     for e in events:
-        if e.kind == GENERATE:
+        kind = e.kind
+        if kind == GENERATE:
             generated += 1
-            parent_of[e.node] = e.parent
-            depth[e.node] = 0 if e.parent is None else depth.get(e.parent, 0) + 1
-        elif e.kind == EXPAND:
+            node, parent = e.node, e.parent
+            parent_of[node] = parent
+            depth[node] = 0 if parent is None else depth.get(parent, 0) + 1
+        elif kind == EXPAND:
             expansions += 1
-            if last_expanded is not None and parent_of.get(e.node) != last_expanded:
+            node = e.node
+            if last_expanded is not None and parent_of.get(node) != last_expanded:
                 backtracks += 1
-            last_expanded = e.node
+            last_expanded = node
     return {
         "nodes": generated,
         "expansions": expansions,

@@ -10,6 +10,7 @@ Tasks import no torch.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -69,9 +70,24 @@ class Task(ABC):
     def heuristic(self, problem: Problem, state: State) -> float:
         """Estimated cost to the goal (admissible where the task says so)."""
 
+    def scored_successors(self, problem: Problem, state: State,
+                          max_h: float = math.inf) -> list[tuple[float, str, State, float]]:
+        """Every successor as an `(h, action, state, cost)` tuple, h = `heuristic` of the child,
+        in `successors` order; children with h > max_h may be left out (a pruning search never
+        tries them, so a task need not build them).
+
+        Searches that score every child (DFS) call this once per node; a task whose search is hot
+        (datagen) overrides it with one fused loop that builds no `Successor` objects."""
+        h = self.heuristic
+        return [(h(problem, s.state), s.action, s.state, s.cost) for s in self.successors(problem, state)]
+
     @abstractmethod
     def optimal_length(self, problem: Problem) -> int | None:
         """Length (number of actions) of an optimal solution, or None if unsolvable."""
+
+    def optimal_lengths(self, problems: list[Problem]) -> list[int | None]:
+        """`optimal_length` of each problem; tasks with a batched solver override it."""
+        return [self.optimal_length(p) for p in problems]
 
     def is_dead_end(self, problem: Problem, state: State) -> bool:
         """A non-goal state from which no action is possible (or worth trying)."""
