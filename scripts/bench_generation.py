@@ -2,8 +2,11 @@
 
 Both decode greedily for exactly --new-tokens steps (eos ignored by ours, suppressed in `generate`
 with min_new_tokens), from identical random prompts; the median of --repeats timed runs is reported.
+The Sampler runs twice: with its Llama fast path (`llama_decode`) and on the generic HF-forward path
+(`fast_path=False`); ratios come from the same run, repeats interleaved. `--threads 1 2` repeats the
+whole comparison for each CPU thread count.
 
-    python scripts/bench_generation.py --model tiny --batch 32 --device cpu
+    python scripts/bench_generation.py --model tiny --batch 32 --device cpu --threads 1 2
     python scripts/bench_generation.py --model small --batch 64 --device cuda --dtype bfloat16
 """
 
@@ -62,10 +65,14 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU), default: torch's")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="torch.set_num_threads values (CPU), default: torch's",
+    )
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -77,10 +84,16 @@ def main() -> None:
     input_ids = prompts.to(device)
     mask = torch.ones_like(input_ids)
     sampler = Sampler(model, tok.eos_token_id, tok.pad_token_id)
+    generic = Sampler(model, tok.eos_token_id, tok.pad_token_id, fast_path=False)
     results = {}
 
     def ours():
         results["ours"] = sampler.generate(
+            prompts.tolist(), args.new_tokens, batch_size=args.batch, ignore_eos=True
+        ).tokens
+
+    def ours_generic():
+        results["ours_generic"] = generic.generate(
             prompts.tolist(), args.new_tokens, batch_size=args.batch, ignore_eos=True
         ).tokens
 
@@ -104,9 +117,16 @@ def main() -> None:
         with torch.inference_mode(), sdpa_kernel(DECODE_BACKENDS):
             generate()
 
-    runs = {"hf": hf, "ours": ours}
+    runs = {"hf": hf, "ours": ours, "ours_generic": ours_generic}
     if device.type == "cuda":
         runs["hf_restricted"] = hf_restricted
+    for threads in args.threads:
+        if threads:
+            torch.set_num_threads(threads)
+        compare(args, model, device, runs, results, sampler.uses_fast_path())
+
+
+def compare(args, model, device, runs, results, fast: bool) -> None:
     for fn in runs.values():  # warm-up (allocator, kernels, lazy init)
         fn()
     times = {name: [] for name in runs}
@@ -127,9 +147,17 @@ def main() -> None:
             f"generate, no cuDNN SDPA: {speed['hf_restricted']:8.0f} tok/s  runs(s)={[round(t, 3) for t in times['hf_restricted']]}"
         )
     print(
-        f"metacot Sampler:       {speed['ours']:10.0f} tok/s  runs(s)={[round(t, 3) for t in times['ours']]}"
+        f"Sampler, generic path: {speed['ours_generic']:10.0f} tok/s  runs(s)={[round(t, 3) for t in times['ours_generic']]}"
     )
-    print(f"speed-up: {speed['ours'] / speed['hf']:.2f}x   identical greedy outputs: {same}/{args.batch}")
+    print(
+        f"metacot Sampler:       {speed['ours']:10.0f} tok/s  runs(s)={[round(t, 3) for t in times['ours']]}"
+        f"  (fast path: {fast})"
+    )
+    same_generic = sum(a == b for a, b in zip(results["ours"], results["ours_generic"], strict=True))
+    print(
+        f"speed-up vs generate: {speed['ours'] / speed['hf']:.2f}x (generic path {speed['ours_generic'] / speed['hf']:.2f}x)"
+        f"   identical greedy outputs: {same}/{args.batch} vs generate, {same_generic}/{args.batch} vs generic"
+    )
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""Sampler: token-for-token equal to a slow no-cache greedy decode, eos handling, sampling laws."""
+"""Sampler: token-for-token equal to a slow no-cache greedy decode, eos handling, sampling laws,
+and the Llama fast path (`llama_decode`) equal to the generic HF-forward path."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models
-from transformers import PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from metacot.generation import Sampler, pick_tokens, top_p_filter
+from metacot.generation.llama_decode import LlamaDecoder, LlamaWeights, fast_path_problem
 from metacot.models import GPT2Factory, LlamaFactory
 
 PAD, EOS = 0, 2
@@ -21,13 +23,15 @@ def make_tokenizer(n_words: int) -> PreTrainedTokenizerFast:
     )
 
 
-def build(kind: str, n_words: int = 60):
+def build(kind: str, n_words: int = 60, **llama):
     """Random tiny models; a large init scale keeps greedy paths varied, dropout makes train mode visible."""
     torch.manual_seed(0)
     tok = make_tokenizer(n_words)
     if kind == "llama":
         fac = LlamaFactory(
-            d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, dropout=0.3, init_std=0.3
+            **{"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_ff": 64, "dropout": 0.3}
+            | {"init_std": 0.3}
+            | llama
         )
     else:
         fac = GPT2Factory(d_model=32, n_layers=2, n_heads=4, dropout=0.3, init_std=0.3)
@@ -213,3 +217,125 @@ def test_learned_positions_limit_is_a_clear_error():
     model = build("gpt2")
     with pytest.raises(ValueError, match="64 positions"):
         Sampler(model, EOS, PAD).generate([[1] * 60], max_new_tokens=5)
+
+
+# --- the Llama fast path -------------------------------------------------------------------------
+
+
+def llama_with(**config):
+    """A tiny random Llama built from a config with `config` overrides (what a checkpoint on disk could hold)."""
+    torch.manual_seed(0)
+    fac = LlamaFactory(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, init_std=0.3)
+    cfg = fac.config(make_tokenizer(60), max_seq_len=64)
+    for key, value in config.items():
+        setattr(cfg, key, value)
+    cfg._attn_implementation = "sdpa"
+    return LlamaForCausalLM(cfg).eval()
+
+
+VARIANTS = {  # tiny Llamas the fast path must reproduce exactly
+    "gqa": {},
+    "mha_untied": {"num_key_value_heads": 4, "tie_word_embeddings": False},
+    "linear_rope": {"rope_parameters": {"rope_type": "linear", "rope_theta": 100.0, "factor": 2.0}},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fast_path_equals_reference_and_generic(variant, monkeypatch):
+    model = llama_with(**VARIANTS[variant])
+    steps = []
+    step = LlamaDecoder.step
+    monkeypatch.setattr(LlamaDecoder, "step", lambda self, *a: steps.append(1) or step(self, *a))
+    expected = [reference_greedy(model, p, 12, EOS) for p in PROMPTS]
+    fast = Sampler(model, EOS, PAD).generate(PROMPTS, max_new_tokens=12, batch_size=4)
+    assert steps, "the fast path did not run"
+    assert fast.tokens == [t for t, _ in expected]
+    assert fast.finished == [d for _, d in expected]
+    n_steps = len(steps)
+    generic = Sampler(model, EOS, PAD, fast_path=False).generate(PROMPTS, max_new_tokens=12, batch_size=4)
+    assert len(steps) == n_steps  # fast_path=False never touches it
+    assert generic == fast
+
+
+def test_fast_step_logits_match_full_forward():
+    """Each decode step's logits equal a full no-cache forward over the whole (left-padded) sequence."""
+    model = llama_with(**VARIANTS["mha_untied"])
+    prompts = [[1, 5, 9, 11, 3], [1, 7], [1, 30, 8]]
+    width, steps = 5, 6
+    input_ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
+    valid = input_ids != PAD
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, attention_mask=valid.long(), position_ids=positions, use_cache=True)
+        cache = out.past_key_values
+        weights = LlamaWeights(model, width + steps)
+        dec = LlamaDecoder(
+            weights,
+            [la.keys for la in cache.layers],
+            [la.values for la in cache.layers],
+            valid,
+            width + steps,
+        )
+        seqs = [list(p) for p in prompts]
+        logits, position = out.logits[:, -1], positions[:, -1]
+        for _ in range(steps):
+            token = logits.argmax(-1)
+            for s, t in zip(seqs, token.tolist(), strict=True):
+                s.append(t)
+            position = position + 1
+            logits = dec.step(token, position)
+            for i, s in enumerate(seqs):
+                full = model(torch.tensor([s])).logits[0, -1]
+                torch.testing.assert_close(logits[i], full, atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    prompts=st.lists(st.lists(st.integers(1, 63), min_size=1, max_size=10), min_size=1, max_size=6),
+    steps=st.integers(1, 10),
+    batch_size=st.integers(1, 6),
+    num_samples=st.integers(1, 3),
+    compact_fraction=st.sampled_from([0.01, 0.5, 1.0]),
+)
+def test_fast_equals_generic_fuzz(prompts, steps, batch_size, num_samples, compact_fraction):
+    """Greedy and seeded sampling: same tokens on both paths (same logits up to rounding, same random draws)."""
+    kwargs = dict(max_new_tokens=steps, batch_size=batch_size, num_samples=num_samples)
+    outs = []
+    for fast_path in (True, False):
+        sampler = Sampler(FUZZ_MODEL, EOS, PAD, compact_fraction=compact_fraction, fast_path=fast_path)
+        outs.append(
+            (
+                sampler.generate(prompts, **kwargs),
+                sampler.generate(prompts, temperature=1.0, seed=5, **kwargs),
+            )
+        )
+    assert outs[0] == outs[1]
+
+
+UNSUPPORTED = {
+    "dynamic_rope": {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}},
+    "attention_bias": {"attention_bias": True},
+    "mlp_bias": {"mlp_bias": True},
+    "gelu": {"hidden_act": "gelu"},
+}
+
+
+@pytest.mark.parametrize("variant", list(UNSUPPORTED))
+def test_unsupported_llama_configs_fall_back(variant, monkeypatch):
+    model = llama_with(**UNSUPPORTED[variant])
+    assert fast_path_problem(model) is not None
+    assert not Sampler(model, EOS, PAD).uses_fast_path()
+    monkeypatch.setattr(LlamaDecoder, "step", lambda *a: pytest.fail("fast path used"))
+    out = Sampler(model, EOS, PAD).generate(PROMPTS, max_new_tokens=6, batch_size=4)
+    assert out.tokens == [reference_greedy(model, p, 6, EOS)[0] for p in PROMPTS]
+
+
+def test_fast_path_only_for_llama(model, monkeypatch):
+    monkeypatch.setattr(LlamaDecoder, "step", lambda *a: pytest.fail("fast path used"))
+    is_llama = type(model).__name__ == "LlamaForCausalLM"
+    assert Sampler(model, EOS, PAD).uses_fast_path() == is_llama
+    assert not Sampler(model, EOS, PAD, fast_path=False).uses_fast_path()
+    out = Sampler(model, EOS, PAD, fast_path=False).generate(PROMPTS, max_new_tokens=5)
+    assert out.tokens == [reference_greedy(model, p, 5, EOS)[0] for p in PROMPTS]
+    if not is_llama:  # GPT-2 falls back to the generic path even when the fast path is asked for
+        assert Sampler(model, EOS, PAD).generate(PROMPTS, max_new_tokens=5) == out

@@ -4,6 +4,8 @@ A plain loop over `model(...)` forward calls (not `model.generate`): left-padded
 length-sorted micro-batch, then one token per step into a preallocated KV cache, with explicit
 masks and position ids. Rows stop at eos; once enough rows have stopped they are dropped from the
 batch. On CUDA the all-finished check runs only every few steps, so the loop rarely waits on the GPU.
+Llama models decode through `llama_decode` (a lean functional step over the same weights) unless
+`fast_path=False` or their config is one it does not cover; everything else uses the HF forward.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel
 
 from metacot.generation.cache import make_cache
+from metacot.generation.llama_decode import LlamaDecoder, LlamaWeights, fast_path_problem
 from metacot.generation.sampling import pick_tokens
 
 # cuDNN attention costs milliseconds of CPU per call when decoding; these backends do not.
@@ -35,6 +38,9 @@ class Sampler:
     `sync_every`: steps between checks of "all rows finished? drop finished rows?"; each check
     waits for the device. None = every 8 steps on CUDA, every step on CPU (where it is free).
     `compact_fraction`: drop finished rows once at least this fraction of the batch has finished.
+    `fast_path`: decode supported Llama models with `llama_decode` (prefill still runs the HF forward).
+    None (default) = on CPU only: the path is verified there; on GPU it has not been measured yet, so
+    GPU runs use the generic path unless `fast_path=True` is passed.
     """
 
     def __init__(
@@ -44,17 +50,26 @@ class Sampler:
         pad_token_id: int,
         sync_every: int | None = None,
         compact_fraction: float = 0.25,
+        fast_path: bool | None = None,
     ):
         self.model = model
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(pad_token_id)
         self.sync_every = sync_every
         self.compact_fraction = compact_fraction
+        self.fast_path = fast_path
         params = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.keep_kwarg = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
         self.max_positions = getattr(model.config, "n_positions", None)  # learned positions: a hard limit
+
+    def uses_fast_path(self) -> bool:
+        """Whether `generate` decodes with `llama_decode` (checked per call: the config could change)."""
+        wanted = self.fast_path
+        if wanted is None:
+            wanted = next(self.model.parameters()).device.type == "cpu"
+        return bool(wanted) and fast_path_problem(self.model) is None
 
     @torch.inference_mode()
     def generate(
@@ -84,6 +99,9 @@ class Sampler:
             size = batch_size or len(rows)
             was_training = self.model.training
             self.model.eval()
+            weights = None
+            if self.uses_fast_path():
+                weights = LlamaWeights(self.model, max(len(p) for p in rows) + max_new_tokens)
             try:
                 with sdpa_kernel(DECODE_BACKENDS) if device.type == "cuda" else nullcontext():
                     for start in range(0, len(order), size):
@@ -96,6 +114,7 @@ class Sampler:
                             generator,
                             ignore_eos,
                             device,
+                            weights,
                         )
                         for r, (toks, done) in zip(chunk, out, strict=True):
                             tokens[r], finished[r] = toks, done
@@ -152,7 +171,7 @@ class Sampler:
         eye = torch.eye(n, dtype=torch.bool, device=valid.device)
         return (causal & valid[:, None, None, :]) | eye
 
-    def _decode(self, prompts, max_new_tokens, temperature, top_p, generator, ignore_eos, device):
+    def _decode(self, prompts, max_new_tokens, temperature, top_p, generator, ignore_eos, device, weights):
         """Decode one micro-batch; returns [(tokens, finished)] in the order of `prompts`."""
         n, width = len(prompts), max(len(p) for p in prompts)
         capacity = width + max_new_tokens
@@ -165,8 +184,12 @@ class Sampler:
         positions = (valid[:, :width].long().cumsum(-1) - 1).clamp(min=0)
         padded = not bool(valid[:, :width].all())
 
-        cache = make_cache(self.model, capacity)
+        cache = make_cache(self.model, width if weights else capacity)
         logits = self._forward(input_ids, self._prefill_mask(valid[:, :width]), positions, cache)
+        fast = None
+        if weights is not None:
+            keys, values = [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+            fast, cache = LlamaDecoder(weights, keys, values, valid[:, :width], capacity), None
         position = positions[:, -1:]
         out = torch.full((n, max_new_tokens), self.eos_token_id, dtype=torch.long, device=device)
         rows = torch.arange(n, device=device)  # batch row of each active row
@@ -193,15 +216,21 @@ class Sampler:
                         valid[keep],
                         done[keep],
                     )
-                    cache.batch_select_indices(keep)
-            valid[:, length] = True
-            length += 1
+                    if fast is not None:
+                        fast.select(keep)
+                    else:
+                        cache.batch_select_indices(keep)
             position = position + 1
-            if self.sdpa:
-                mask = valid[:, None, None, :length] if padded else None
+            if fast is not None:
+                logits = fast.step(token, position[:, 0])
             else:
-                mask = valid[:, :length].long()
-            logits = self._forward(token[:, None], mask, position, cache)
+                valid[:, length] = True
+                length += 1
+                if self.sdpa:
+                    mask = valid[:, None, None, :length] if padded else None
+                else:
+                    mask = valid[:, :length].long()
+                logits = self._forward(token[:, None], mask, position, cache)
         return self._trim(out.cpu(), ignore_eos)
 
     def _trim(self, out: torch.Tensor, ignore_eos: bool) -> list[tuple[list[int], bool]]:
