@@ -28,7 +28,7 @@ def step_seed(seed: int, step: int, rank: int = 0, salt: str = "") -> int:
 
 
 def step_indices(num_records: int, per_rank: int, step: int, rank: int = 0, world: int = 1,
-                 seed: int = 0) -> list[int]:
+                 seed: int | str = 0) -> list[int]:
     """Record indices of this rank's prompts at `step`: epochs of seeded permutations of the
     training set, consumed `per_rank * world` at a time, so the data position is the step counter
     and no prompt repeats before every prompt was used once."""
@@ -84,7 +84,7 @@ class Rollout:
     texts: list[str]
     outcomes: list[RolloutOutcome]
     rewards: list[float]
-    components: dict[str, float]  # batch mean of every reward component
+    parts: list[dict[str, float]]  # every reward component of every sample
     verdicts: list[str]
     sample_seconds: float = 0.0
     score_seconds: float = 0.0
@@ -97,6 +97,36 @@ class Rollout:
 
     def prompt_of(self, i: int) -> list[int]:
         return self.prompts[i // self.group_size]
+
+    @property
+    def components(self) -> dict[str, float]:
+        """Batch mean of every reward component."""
+        if not self.parts:
+            return {}
+        return {k: sum(p[k] for p in self.parts) / len(self.parts) for k in self.parts[0]}
+
+    def informative_groups(self) -> list[int]:
+        """Groups whose G rewards are not all equal (the others carry no group-baseline signal)."""
+        g = self.group_size
+        return [i for i in range(len(self.records)) if len(set(self.rewards[i * g : (i + 1) * g])) > 1]
+
+    def groups(self, idx: Sequence[int]) -> Rollout:
+        """The rollout of the groups `idx`, in that order."""
+        rows = [i * self.group_size + j for i in idx for j in range(self.group_size)]
+        pick = lambda xs: [xs[r] for r in rows]  # noqa: E731
+        return Rollout([self.records[i] for i in idx], self.group_size, [self.prompts[i] for i in idx],
+                       pick(self.responses), pick(self.finished), pick(self.texts), pick(self.outcomes),
+                       pick(self.rewards), pick(self.parts), pick(self.verdicts), self.sample_seconds,
+                       self.score_seconds)
+
+    def __add__(self, other: Rollout) -> Rollout:
+        if other.group_size != self.group_size:
+            raise ValueError("cannot concatenate rollouts of different group sizes")
+        return Rollout(self.records + other.records, self.group_size, self.prompts + other.prompts,
+                       self.responses + other.responses, self.finished + other.finished, self.texts + other.texts,
+                       self.outcomes + other.outcomes, self.rewards + other.rewards, self.parts + other.parts,
+                       self.verdicts + other.verdicts, self.sample_seconds + other.sample_seconds,
+                       self.score_seconds + other.score_seconds)
 
     def reward_tensor(self) -> torch.Tensor:
         return torch.tensor(self.rewards, dtype=torch.float32)
@@ -227,8 +257,36 @@ class RolloutCollector:
             texts.append(text)
             verdicts.append(verdict)
             responses.append(response)
-        rewards, components = self.reward.batch(outcomes)
+        scored = [self.reward(o) for o in outcomes]
         return Rollout(records=records, group_size=group_size, prompts=prompts, responses=responses,
-                       finished=list(finished), texts=texts, outcomes=outcomes, rewards=rewards,
-                       components=components, verdicts=verdicts, sample_seconds=sample_seconds,
+                       finished=list(finished), texts=texts, outcomes=outcomes, rewards=[t for t, _ in scored],
+                       parts=[p for _, p in scored], verdicts=verdicts, sample_seconds=sample_seconds,
                        score_seconds=time.perf_counter() - t0)
+
+    def collect_step(self, sampler: Any, records: Sequence[dict[str, Any]], step: int, rank: int, world: int,
+                     per_rank: int, group_size: int, max_new_tokens: int, temperature: float = 1.0,
+                     top_p: float = 1.0, seed: int = 0, batch_size: int | None = None,
+                     refill_rounds: int = 0) -> tuple[Rollout, Rollout]:
+        """This rank's rollout at `step`: (rollout to learn from, everything sampled).
+
+        Prompts and sampler seeds are pure functions of (seed, step, rank). With `refill_rounds`,
+        up to that many more batches of fresh prompts (independent streams) are sampled to replace
+        groups whose rewards are all equal (DAPO's dynamic sampling); the result keeps `per_rank`
+        groups either way (same shapes on every rank), informative groups first.
+        """
+        sampled: Rollout | None = None
+        for r in range(refill_rounds + 1):
+            stream = seed if r == 0 else f"{seed}/refill{r}"
+            idx = step_indices(len(records), per_rank, step, rank, world, stream)
+            part = self.collect(sampler, [records[i] for i in idx], group_size, max_new_tokens, temperature, top_p,
+                                seed=step_seed(seed, step, rank, f"rollout{r}"), batch_size=batch_size)
+            sampled = part if sampled is None else sampled + part
+            if len(sampled.informative_groups()) >= per_rank:
+                break
+        assert sampled is not None
+        if refill_rounds == 0:
+            return sampled, sampled
+        useful = sampled.informative_groups()
+        rest = [i for i in range(len(sampled.records)) if i not in set(useful)]
+        return sampled.groups((useful + rest)[:per_rank]), sampled
+
