@@ -10,7 +10,7 @@ import random
 from abc import ABC, abstractmethod
 from typing import Any
 
-from metacot.search.trace import SearchTrace
+from metacot.search.trace import GOAL, SearchTrace, TraceEvent
 from metacot.tasks.base import Problem, Task
 
 
@@ -43,3 +43,27 @@ class SearchAlgorithm(ABC):
         d = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         d["name"] = self.name
         return d
+
+    def finish(self, task: Task, problem: Problem, events: list[TraceEvent], parents: list[int],
+               actions: list, goal: int, expanded: int, max_frontier: int,
+               meta: dict[str, Any]) -> SearchTrace:
+        """Close a search whose nodes are kept as parallel `parents`/`actions` lists (node ids are
+        list indices, the root is 0): record GOAL when `goal >= 0` and build the trace."""
+        solved = goal >= 0
+        if solved:
+            events.append(TraceEvent(GOAL, goal))
+        return SearchTrace(
+            task=task.name, algorithm=self.name, problem=problem, events=events,
+            solution=path_to(parents, actions, goal) if solved else None, solved=solved,
+            nodes_expanded=expanded, max_frontier=max_frontier, meta=meta,
+        )
+
+
+def path_to(parents: list[int], actions: list, node: int) -> list[str]:
+    """Actions from the root (node 0) to `node`."""
+    path = []
+    while node > 0:
+        path.append(actions[node])
+        node = parents[node]
+    path.reverse()
+    return path

@@ -11,7 +11,7 @@ import random
 from collections import deque
 
 from metacot.search.base import SearchAlgorithm
-from metacot.search.trace import BUDGET, DEAD_END, EXPAND, GENERATE, GOAL, SearchTrace, TraceEvent
+from metacot.search.trace import BUDGET, DEAD_END, EXPAND, GENERATE, SearchTrace, TraceEvent
 from metacot.tasks.base import Problem, Task
 
 
@@ -68,20 +68,4 @@ class BFSSearch(SearchAlgorithm):
                 queue.append(child)
             if not generated:
                 events.append(TraceEvent(DEAD_END, node))
-        if goal >= 0:
-            events.append(TraceEvent(GOAL, goal))
-        return SearchTrace(
-            task=task.name, algorithm=self.name, problem=problem, events=events,
-            solution=_path(parents, actions, goal) if goal >= 0 else None, solved=goal >= 0,
-            nodes_expanded=expanded, max_frontier=max_frontier, meta=meta,
-        )
-
-
-def _path(parents: list[int], actions: list, node: int) -> list[str]:
-    """Actions from the root to `node`."""
-    path = []
-    while node > 0:
-        path.append(actions[node])
-        node = parents[node]
-    path.reverse()
-    return path
+        return self.finish(task, problem, events, parents, actions, goal, expanded, max_frontier, meta)

@@ -23,7 +23,7 @@ import math
 import random
 
 from metacot.search.base import SearchAlgorithm
-from metacot.search.trace import BUDGET, DEAD_END, EXPAND, GENERATE, GOAL, SearchTrace, TraceEvent
+from metacot.search.trace import BUDGET, DEAD_END, EXPAND, GENERATE, SearchTrace, TraceEvent
 from metacot.tasks.base import Problem, Task
 
 ROLLOUTS = ("heuristic", "random")
@@ -160,21 +160,5 @@ class MCTSSearch(SearchAlgorithm):
                 visits[node] += 1
                 totals[node] += value
                 node = parents[node]
-        if goal >= 0:
-            events.append(TraceEvent(GOAL, goal))
         meta["iterations"] = iteration
-        return SearchTrace(
-            task=task.name, algorithm=self.name, problem=problem, events=events,
-            solution=_path(parents, actions, goal) if goal >= 0 else None, solved=goal >= 0,
-            nodes_expanded=expanded, max_frontier=max_frontier, meta=meta,
-        )
-
-
-def _path(parents: list[int], actions: list, node: int) -> list[str]:
-    """Actions from the root to `node`."""
-    path = []
-    while node > 0:
-        path.append(actions[node])
-        node = parents[node]
-    path.reverse()
-    return path
+        return self.finish(task, problem, events, parents, actions, goal, expanded, max_frontier, meta)
