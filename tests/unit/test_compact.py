@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from metacot.linearization.compact import CompactLinearization
 from metacot.linearization.fidelity import replay
 from metacot.search.astar import AStarSearch
-from metacot.search.bfs import BFSSearch
 from metacot.search.beam import BeamSearch
+from metacot.search.bfs import BFSSearch
 from metacot.search.dfs import DFSSearch
 from metacot.search.mcts import MCTSSearch
 from metacot.search.trace import EXPAND, GENERATE
@@ -61,7 +61,6 @@ def test_round_trip_and_full_fidelity(task, search):
 
 
 def test_countdown_plan_separates_multiword_actions():
-    problem = {"target": 24, "numbers": [2, 3, 4]}
     text = LIN.answer_lines(["2 + 4 = 6", "6 * 4 = 24"])
     assert text == ["plan 2 + 4 = 6 ; 6 * 4 = 24", "end"]
 
