@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -123,6 +124,7 @@ class RLModule(L.LightningModule):
         self.ref_model = None
         if getattr(objective, "uses_reference", False):
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.checkpoint_path: Path | None = None  # last.ckpt, written every `save_every` steps
         self.rl_step = 0
         self.nan_skips = 0
         self.eval_history: list[dict[str, Any]] = []
@@ -355,12 +357,9 @@ class RLModule(L.LightningModule):
             experiment.add_text(tag, text, self.rl_step)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        path = getattr(self, "checkpoint_path", None)
-        due = self._stepped and (self.rl_step % self.options.save_every == 0 or self.rl_step >= self.options.steps)
-        if path is not None and (due or (self.trainer.received_sigterm and self._stepped)):
-            self.trainer.save_checkpoint(path)
-        if self.trainer.received_sigterm:
-            log.warning("SIGTERM: saved %s at RL step %d; rerun the same command to resume", path, self.rl_step)
+        """Periodic last.ckpt (the end, Ctrl-C and SIGTERM are `StopAndSave`'s)."""
+        if self.checkpoint_path is not None and self._stepped and self.rl_step % self.options.save_every == 0:
+            self.trainer.save_checkpoint(self.checkpoint_path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):

@@ -79,8 +79,7 @@ class RLStage(Stage):
         if hasattr(factory, "layer_classes"):  # FSDP: see fsdp_wrap
             factory.wrap = fsdp_wrap(factory, policy)
         trainer = factory.build(policy, max_steps=-1, max_epochs=-1, callbacks=[stop], logger=logger,
-                                           default_root_dir=str(out_dir), log_every_n_steps=1,
-                                           enable_checkpointing=False)
+                                default_root_dir=str(out_dir), log_every_n_steps=1, enable_checkpointing=False)
         log.info("rl: %s from %s, G=%d, %d prompts/step/rank, %d steps, max %d new tokens, reward %r%s",
                  objective, source, module.group_size, options.prompts_per_step, options.steps, max_new, reward,
                  f", resuming from {ckpt_path}" if ckpt_path else "")
