@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from abc import abstractmethod
 from typing import Any
 
 from metacot.linearization.base import Linearization, ParsedTrace, ParseError
@@ -188,8 +189,9 @@ class TextLinearization(Linearization):
                     annotated: bool) -> list[str]:
         return []
 
+    @abstractmethod
     def read(self, task: Task, problem: Problem, lines: list[Line], parsed: ParsedTrace) -> None:
-        raise NotImplementedError
+        """Parse the completion's lines into `parsed` (never raise: record ParseErrors)."""
 
     def answer_lines(self, solution: list[str] | None) -> list[str]:
         return answer_lines(solution)
