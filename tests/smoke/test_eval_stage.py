@@ -1,7 +1,8 @@
 """`stage=eval` end to end on a tiny maze experiment (METACOT_ROOT = a temp dir):
 
 - the default pipeline (datagen -> a 2-step SFT -> eval, a subprocess as users run it) evaluates
-  the experiment's HF export and writes metrics.json (both splits), passk.png and TensorBoard events;
+  the experiment's HF export and writes metrics.json (both splits), problems.json (one row per
+  problem, with the search-behaviour comparison), passk.png and TensorBoard events;
 - without an SFT model it fails with the command to run;
 - `ckpt=` takes an HF directory or a Lightning .ckpt, and both give the same numbers.
 
@@ -30,7 +31,10 @@ OVERRIDES = [
 ]
 KEYS = {"solve_rate", "optimal_rate", "swc", "ilr", "tokens_per_problem", "tokens_per_solve", "fidelity",
         "invalid_format_rate", "model_nodes", "model_backtracks", "model_depth", "symbolic_solve_rate",
-        "symbolic_nodes", "symbolic_backtracks", "symbolic_depth", "num_problems", "pass@1", "pass@2"}
+        "symbolic_nodes", "symbolic_backtracks", "symbolic_depth", "num_problems", "pass@1", "pass@2",
+        "order_similarity/bfs", "order_similarity/dfs", "order_similarity/astar", "order_similarity/mcts"}
+ROW_KEYS = {"id", "correct", "optimal", "tokens", "well_formed", "length", "optimal_length", "num_samples",
+            "num_correct", "model_stats", "symbolic_solved", "symbolic_tokens", "symbolic_stats", "order_similarity"}
 
 
 @pytest.fixture(autouse=True)
@@ -74,9 +78,20 @@ def test_pipeline_evaluates_the_sft_export(tmp_path):
     assert metrics["config"]["model"] == "sft"
     assert metrics["config"]["model_source"].endswith(str(Path("sft") / "hf"))
     assert (run / "passk.png").read_bytes()[:4] == b"\x89PNG"
+    problems = json.loads((run / "problems.json").read_text())
+    assert set(problems) == {"val", "test_unseen"}
+    for split, rows in problems.items():
+        assert len(rows) == metrics["splits"][split]["num_problems"] == 3
+        assert all(set(r) == ROW_KEYS for r in rows)
+        assert all(set(r["order_similarity"]) == {"bfs", "dfs", "astar", "mcts"} for r in rows)
+        assert all(r["num_samples"] == 2 and 0 <= r["num_correct"] <= 2 for r in rows)
+        assert sum(r["correct"] for r in rows) / 3 == metrics["splits"][split]["solve_rate"]
+        assert len({r["id"] for r in rows}) == 3
     experiments = list((tmp_path / "logs" / "experiments").iterdir())
     assert len(experiments) == 1
     assert json.loads((experiments[0] / "eval" / "metrics.json").read_text())["splits"] == metrics["splits"]
+    assert json.loads((experiments[0] / "eval" / "problems.json").read_text()) == problems
+    assert not list(run.glob(".*.tmp")) and not list((experiments[0] / "eval").glob(".*.tmp"))
     assert (experiments[0] / "eval" / "passk.png").is_file()
     events = [p for p in (run / "tensorboard").rglob("events.out.tfevents.*")]
     assert len(events) >= 2  # sft's and eval's
@@ -103,7 +118,13 @@ def test_ckpt_hf_dir_and_lightning_ckpt_agree(tmp_path, monkeypatch):
     stage = EvalStage(splits=["val"])
     with pytest.raises(FileNotFoundError, match="python train.py stage=sft"):
         stage.run(cfg)  # no ckpt= and no SFT export for this experiment yet
-    by_hf = stage.run(_compose(tmp_path, monkeypatch, f"ckpt={hf_dir}"))["metrics"]["val"]
+    with pytest.raises(ValueError, match="available|any of .*astar"):
+        stage.run(_compose(tmp_path, monkeypatch, f"ckpt={hf_dir}", "eval.behaviour=[astar,nope]"))
+    summary = stage.run(_compose(tmp_path, monkeypatch, f"ckpt={hf_dir}"))
+    by_hf = summary["metrics"]["val"]
+    assert summary["model_source"] == str(hf_dir)
+    assert len(summary["problems"]["val"]) == 3 == by_hf["num_problems"]
+    assert json.loads((Path(summary["metrics_path"]).parent / "problems.json").read_text()) == summary["problems"]
     by_ckpt = stage.run(_compose(tmp_path, monkeypatch, f"ckpt={ckpt}"))["metrics"]["val"]
     assert by_hf == pytest.approx(by_ckpt, nan_ok=True)
     assert by_hf["tokens_per_problem"] > 0

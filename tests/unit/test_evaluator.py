@@ -298,9 +298,19 @@ def test_symbolic_traces_score_as_the_symbolic_algorithm(tmp_path, task, search,
     data = build_dataset(t, s, ln, DataOptions(train=4, val=12, test_unseen=4, workers=1, max_tokens=100_000),
                          tmp_path)
     tokenizer, records = load_tokenizer(data / "tokenizer"), read_split(data, "val")
+    from metacot.search.bfs import BFSSearch
+
+    refs = {search: s, "bfs": BFSSearch()}
     out = evaluate(None, tokenizer, t, ln, records, EvalOptions(num_samples=2),
-                   sampler=OracleSampler(tokenizer, records))
+                   sampler=OracleSampler(tokenizer, records), reference_searches=refs)
     assert out["num_problems"] == len(records) == 12
+    # the model's trace is the algorithm's, rendered: identical search order, problem by problem
+    assert out[f"order_similarity/{search}"] == 1.0
+    assert all(r["order_similarity"][search] == 1.0 for r in out.problems)
+    assert out["order_similarity/bfs"] < 1.0
+    assert [r["id"] for r in out.problems] == [r["id"] for r in records]
+    assert [r["num_correct"] for r in out.problems] == [2 * r["solved"] for r in records]
+    assert [r["symbolic_stats"] for r in out.problems] == [r["stats"] for r in records]
     assert out["solve_rate"] == out["symbolic_solve_rate"] == out["pass@2"]
     assert out["optimal_rate"] == out["symbolic_optimal_rate"]
     assert out["fidelity"] == 1.0 and out["invalid_format_rate"] == 0.0 and out["ilr"] == 1.0
@@ -308,8 +318,10 @@ def test_symbolic_traces_score_as_the_symbolic_algorithm(tmp_path, task, search,
     for k in ("nodes", "expansions", "backtracks", "depth"):
         assert out[f"model_{k}"] == out[f"symbolic_{k}"]
 
-    cut = evaluate(None, tokenizer, t, ln, records, EvalOptions(), sampler=OracleSampler(tokenizer, records, 0.5))
+    cut = evaluate(None, tokenizer, t, ln, records, EvalOptions(), sampler=OracleSampler(tokenizer, records, 0.5),
+                   reference_searches=refs)
     assert cut["solve_rate"] == 0.0 and cut["invalid_format_rate"] == 1.0
+    assert 0.0 < cut[f"order_similarity/{search}"] < 1.0  # half a search: a prefix of the order
 
 
 def test_no_records_gives_nan_rates_and_no_sampling():
@@ -323,3 +335,98 @@ def test_shard_takes_every_world_th_record(monkeypatch):
     out, sampler = run(EvalOptions(shard=True))
     assert sampler.calls[0]["n"] == 2  # goals 3 and 5
     assert out["num_problems"] == 2 and out["solve_rate"] == 0.5
+
+
+# --- per-problem rows ---------------------------------------------------------------------------
+
+def test_problem_rows_match_the_aggregates():
+    import json
+
+    records = [{**r, "id": 100 + i} for i, r in enumerate(RECORDS)]
+    out, _ = run(EvalOptions(num_samples=4), records=records)
+    rows = out.problems
+    assert [r["id"] for r in rows] == [100, 101, 102, 103, 104]
+    assert json.loads(json.dumps(rows)) == rows  # plain JSON types only
+    n = len(rows)
+    assert sum(r["correct"] for r in rows) / n == out["solve_rate"]
+    assert sum(r["optimal"] for r in rows) / n == out["optimal_rate"]
+    assert sum(r["tokens"] for r in rows) / n == out["tokens_per_problem"]
+    assert sum(not r["well_formed"] for r in rows) / n == out["invalid_format_rate"]
+    assert sum(r["symbolic_solved"] for r in rows) / n == out["symbolic_solve_rate"]
+    assert sum(r["model_stats"]["nodes"] for r in rows) / n == pytest.approx(out["model_nodes"])
+    assert [r["correct"] for r in rows] == [True, True, False, False, False]
+    assert [r["tokens"] for r in rows] == [4, 5, 3, 8, 4]
+    assert [r["length"] for r in rows] == [2, 3, None, None, None]  # only a correct answer has a length
+    assert [r["optimal_length"] for r in rows] == [2, 2, 1, 3, 3]
+    assert [r["num_samples"] for r in rows] == [4] * 5
+    assert [r["num_correct"] for r in rows] == [2, 0, 4, 1, 1]
+    assert sum(r["num_correct"] for r in rows) / (4 * n) == pytest.approx(out["pass@1"])
+    assert rows[0]["model_stats"] == {"nodes": 3, "expansions": 0, "backtracks": 0, "max_depth": 2}
+    assert rows[3]["model_stats"] == {"nodes": 0, "expansions": 0, "backtracks": 0, "max_depth": 0}  # garbage
+    assert [r["symbolic_tokens"] for r in rows] == [20, 30, 20, 20, 20]
+    assert rows[0]["symbolic_stats"] == RECORDS[0]["stats"]
+    assert all(r["order_similarity"] == {} for r in rows)
+    assert not any(k.startswith("order_similarity") for k in out)
+
+
+def test_problem_rows_without_passk_and_with_sharding(monkeypatch):
+    out, _ = run(EvalOptions(n_problems=4))
+    assert len(out.problems) == 4
+    assert [r["id"] for r in out.problems] == [0, 1, 2, 3]  # records without ids: their position
+    assert all(r["num_samples"] == 0 and r["num_correct"] is None for r in out.problems)
+    monkeypatch.setattr(ev, "_rank_world", lambda: (1, 2))
+    out, _ = run(EvalOptions(shard=True))
+    assert [r["id"] for r in out.problems] == [1, 3]  # this rank's records, numbered globally
+    assert run(EvalOptions(), records=[])[0].problems == []
+
+
+class ChainSearch:
+    """A reference 'algorithm' that generates 0, step, 2*step, ... up to the goal (no EXPAND)."""
+
+    def __init__(self, step):
+        self.step, self.seeds = step, []
+
+    def run(self, task, problem, seed=0):
+        from metacot.search.trace import SearchTrace
+
+        self.seeds.append(seed)
+        states = list(range(0, problem["goal"] + 1, self.step))
+        events = [TraceEvent(GENERATE, i, i - 1 if i else None, s) for i, s in enumerate(states)]
+        return SearchTrace(task.name, "chain", problem, events, None, False)
+
+
+def test_order_similarity_per_problem_and_mean():
+    """The fake format writes only GENERATE steps, so orders compare by generation (states
+    0, 2, 4 for `ans +2 +2`); the garbage completion parsed to nothing and is left out."""
+    ones, twos = ChainSearch(1), ChainSearch(2)
+    out = evaluate(None, FakeTokenizer(), LineTask(), AnswerLinearization(), RECORDS, EvalOptions(seed=7),
+                   sampler=FakeSampler(GREEDY, SAMPLES), encode_prompt=encode_prompt,
+                   reference_searches={"ones": ones, "twos": twos})
+    sims = [r["order_similarity"] for r in out.problems]
+    # goal 4: [0,2,4] vs [0..4]; goal 3: [0..3] both; goal 2: [0,1] vs [0,1,2]; goal 6: [0,2,9] vs [0..6]
+    assert [s["ones"] for s in sims] == pytest.approx([3 / 5, 1.0, 2 / 3, None, 2 / 7])
+    assert [s["twos"] for s in sims] == pytest.approx([1.0, 2 / 4, 1 / 2, None, 2 / 4])
+    assert out["order_similarity/ones"] == pytest.approx((3 / 5 + 1 + 2 / 3 + 2 / 7) / 4)
+    assert out["order_similarity/twos"] == pytest.approx((1 + 0.5 + 0.5 + 0.5) / 4)
+    assert ones.seeds == [7] * 4  # the greedy pass only (no pass@k here), never for the unparsed one
+    assert out["solve_rate"] == pytest.approx(2 / 5)  # the other metrics do not move
+
+
+def test_a_failing_reference_is_logged_not_fatal(caplog):
+    class Broken:
+        def run(self, task, problem, seed=0):
+            raise RuntimeError("search bug")
+
+    out = evaluate(None, FakeTokenizer(), LineTask(), AnswerLinearization(), RECORDS, EvalOptions(),
+                   sampler=FakeSampler(GREEDY, SAMPLES), encode_prompt=encode_prompt,
+                   reference_searches={"broken": Broken()})
+    assert all(r["order_similarity"] == {"broken": None} for r in out.problems)
+    assert math.isnan(out["order_similarity/broken"])
+    assert "search bug" in caplog.text
+
+
+def test_behaviour_option_is_accepted_but_evaluate_runs_no_reference():
+    out, _ = run({"behaviour": ["bfs", "astar"], "num_samples": 0})
+    assert EvalOptions.from_any({"behaviour": ["bfs"]}).behaviour == ["bfs"]
+    assert not any(k.startswith("order_similarity") for k in out)
+    assert all(r["order_similarity"] == {} for r in out.problems)

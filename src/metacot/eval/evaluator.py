@@ -3,19 +3,23 @@
 One greedy pass gives the per-problem metrics (solve/optimal rate, SWC, ILR, tokens, fidelity,
 format errors, the model's search statistics next to the symbolic algorithm's on the same
 problems); an optional pass of `num_samples` sampled completions per problem gives pass@k.
-Model output is arbitrary text: nothing here may raise on it.
+With `reference_searches`, each greedy trace's expansion order is also compared with those
+algorithms' on the same problem (`metacot.eval.behaviour`). Besides the flat metrics, the result
+carries one row per problem (`EvalResult.problems`). Model output is arbitrary text: nothing here
+may raise on it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
-from metacot.eval.metrics import EvalMetrics, ProblemResult
+from metacot.eval.behaviour import compare_with_algorithms
+from metacot.eval.metrics import STAT_KEYS, EvalMetrics, ProblemResult
 from metacot.eval.passk import default_ks
 from metacot.linearization.base import ParsedTrace, ParseError
 from metacot.tasks.base import Verdict
@@ -30,7 +34,10 @@ PASSK_SEQUENCES_PER_CALL = 4096
 @dataclass
 class EvalOptions:
     """`conf/eval/<name>.yaml` builds this. `n_problems` 0 = every record; `num_samples` 0 = no
-    pass@k pass; `shard` splits the records over DDP ranks (every rank must call `evaluate`)."""
+    pass@k pass; `shard` splits the records over DDP ranks (every rank must call `evaluate`).
+    `behaviour` names `conf/search/` options to compare the model's search with: the eval stage
+    builds them and passes `evaluate(reference_searches=)`; `evaluate` itself ignores the names
+    (so the SFT validation and RL's periodic eval never pay for it)."""
 
     n_problems: int = 0
     max_new_tokens: int = 512
@@ -42,6 +49,7 @@ class EvalOptions:
     num_examples: int = 4
     shard: bool = False
     name: str = "default"
+    behaviour: list[str] = field(default_factory=list)
 
     @classmethod
     def from_any(cls, options: EvalOptions | dict[str, Any] | None) -> EvalOptions:
@@ -58,33 +66,40 @@ class EvalOptions:
 
 class EvalResult(dict):
     """Flat `metric -> float` dict (log it as is), plus `.examples`: a few rows
-    `{"prompt", "completion", "verdict"}` for a text table."""
+    `{"prompt", "completion", "verdict"}` for a text table, and `.problems`: one JSON-able row per
+    record evaluated on this rank, in record order (`problem_row`)."""
 
-    def __init__(self, metrics: dict[str, float], examples: list[dict[str, str]]):
+    def __init__(self, metrics: dict[str, float], examples: list[dict[str, str]],
+                 problems: list[dict[str, Any]] | None = None):
         super().__init__(metrics)
         self.examples = examples
+        self.problems = problems if problems is not None else []
 
 
 def evaluate(model: Any, tokenizer: Any, task: Any, linearization: Any, records: Sequence[dict[str, Any]],
              options: EvalOptions | dict[str, Any] | None = None, *, sampler: Any = None,
              encode_prompt: Callable[[Any, str], list[int]] | None = None,
-             replay: Callable[..., Any] | None = None) -> EvalResult:
+             replay: Callable[..., Any] | None = None,
+             reference_searches: dict[str, Any] | None = None) -> EvalResult:
     """Metrics of `model` on `records` (dataset rows). `sampler` (anything with the
     `metacot.generation.Sampler.generate` contract), `encode_prompt(tokenizer, prompt)` and
-    `replay(task, problem, parsed, reference_length=)` default to the project's own."""
+    `replay(task, problem, parsed, reference_length=)` default to the project's own.
+    `reference_searches` (`name -> SearchAlgorithm`) adds `order_similarity/<name>`."""
     opts = EvalOptions.from_any(options)
     records = list(records)
     if opts.n_problems > 0:
         records = records[: opts.n_problems]
     rank, world = _rank_world() if opts.shard else (0, 1)
+    positions = list(range(len(records)))[rank::world]
     records = records[rank::world]
+    references = dict(reference_searches or {})
     encode = encode_prompt or _default_encode()
     if sampler is None:
         from metacot.generation import Sampler
 
         sampler = Sampler(model, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     ks = default_ks(opts.num_samples) if opts.num_samples > 0 else []
-    metrics = EvalMetrics(ks=ks, sync_on_compute=world > 1)
+    metrics = EvalMetrics(ks=ks, sync_on_compute=world > 1, references=list(references))
     device = _device(model)
     if world > 1 and device is not None:
         metrics.to(device)  # NCCL reduces CUDA tensors only
@@ -94,24 +109,58 @@ def evaluate(model: Any, tokenizer: Any, task: Any, linearization: Any, records:
     if model is not None and hasattr(model, "eval"):
         model.eval()
     examples: list[dict[str, str]] = []
+    results: list[ProblemResult] = []
+    counts: list[int] | None = None
     try:
         with torch.no_grad():
             if prompts:  # a rank's shard may be empty; it still joins the metric sync below
-                examples = _greedy_pass(sampler, tokenizer, task, linearization, records, prompts, opts,
-                                        metrics, replay)
+                results, examples = _greedy_pass(sampler, tokenizer, task, linearization, records, prompts, opts,
+                                                 replay, references)
+                metrics.update(results)
             if ks and prompts:
-                metrics.update_passk(opts.num_samples, _count_correct(sampler, tokenizer, task, linearization,
-                                                                      records, prompts, opts))
+                counts = _count_correct(sampler, tokenizer, task, linearization, records, prompts, opts)
+                metrics.update_passk(opts.num_samples, counts)
     finally:
         if model is not None and hasattr(model, "train"):
             model.train(was_training)
-    return EvalResult(metrics.compute(), examples)
+    problems = [problem_row(rec, pos, res, opts.num_samples if counts is not None else 0,
+                            counts[i] if counts is not None else None)
+                for i, (rec, pos, res) in enumerate(zip(records, positions, results, strict=True))]
+    return EvalResult(metrics.compute(), examples, problems)
+
+
+def problem_row(record: dict[str, Any], position: int, result: ProblemResult, num_samples: int,
+                num_correct: int | None) -> dict[str, Any]:
+    """One problem's outcome as plain JSON types. `id` is the record's id (its position among the
+    records evaluated when it has none); `length` is the answer's length in actions when it is
+    correct, else None; `num_samples` is 0 without a pass@k pass (then `num_correct` is None)."""
+    rid = record.get("id")
+    return {
+        "id": int(rid) if rid is not None else position,
+        "correct": bool(result.correct),
+        "optimal": bool(result.optimal),
+        "tokens": int(result.tokens),
+        "well_formed": bool(result.well_formed),
+        "length": int(result.length) if result.correct else None,
+        "optimal_length": _int_or_none(result.optimal_length),
+        "num_samples": int(num_samples),
+        "num_correct": _int_or_none(num_correct),
+        "model_stats": {k: int(result.model_stats.get(k) or 0) for k in STAT_KEYS},
+        "symbolic_solved": bool(result.symbolic_solved),
+        "symbolic_tokens": _int_or_none(result.symbolic_tokens),
+        "symbolic_stats": dict(result.symbolic_stats),
+        "order_similarity": {k: None if v is None else float(v) for k, v in result.order_similarity.items()},
+    }
+
+
+def _int_or_none(x: Any) -> int | None:
+    return None if x is None else int(x)
 
 
 def _greedy_pass(sampler: Any, tokenizer: Any, task: Any, linearization: Any, records: list[dict[str, Any]],
-                 prompts: list[list[int]], opts: EvalOptions, metrics: EvalMetrics,
-                 replay: Callable[..., Any] | None) -> list[dict[str, str]]:
-    """Greedy completions scored into `metrics`; returns the first `num_examples` rows."""
+                 prompts: list[list[int]], opts: EvalOptions, replay: Callable[..., Any] | None,
+                 references: dict[str, Any]) -> tuple[list[ProblemResult], list[dict[str, str]]]:
+    """Greedy completions scored; (one result per record, the first `num_examples` rows)."""
     greedy = sampler.generate(prompts, max_new_tokens=opts.max_new_tokens, num_samples=1, temperature=0.0,
                               batch_size=opts.batch_size)
     if len(greedy.tokens) != len(records):
@@ -119,17 +168,19 @@ def _greedy_pass(sampler: Any, tokenizer: Any, task: Any, linearization: Any, re
     results, examples = [], []
     for i, (rec, ids) in enumerate(zip(records, greedy.tokens, strict=True)):
         text = decode(tokenizer, ids)
-        result, verdict = score_completion(task, linearization, rec, text, len(ids), replay)
+        result, verdict = score_completion(task, linearization, rec, text, len(ids), replay,
+                                           reference_searches=references, seed=opts.seed)
         results.append(result)
         if i < opts.num_examples:
             examples.append({"prompt": rec["prompt"], "completion": text, "verdict": verdict})
-    metrics.update(results)
-    return examples
+    return results, examples
 
 
 def score_completion(task: Any, linearization: Any, record: dict[str, Any], text: str, tokens: int,
-                     replay: Callable[..., Any] | None = None) -> tuple[ProblemResult, str]:
-    """Parse, replay and verify one completion against its record; (result, verdict text)."""
+                     replay: Callable[..., Any] | None = None, *,
+                     reference_searches: dict[str, Any] | None = None, seed: int = 0) -> tuple[ProblemResult, str]:
+    """Parse, replay and verify one completion against its record; (result, verdict text).
+    With `reference_searches`, `result.order_similarity` compares the parsed search with theirs."""
     problem = record["problem"]
     parsed = safe_parse(task, linearization, problem, text)
     optimal_length = record["optimal_length"] if "optimal_length" in record else _optimal_length(task, problem)
@@ -156,8 +207,24 @@ def score_completion(task: Any, linearization: Any, record: dict[str, Any], text
         and solution_length <= optimal_length,
         symbolic_tokens=record.get("trace_tokens"),
         symbolic_stats=dict(record.get("stats") or {}),
+        order_similarity=_order_similarity(task, problem, parsed, reference_searches, seed),
     )
     return result, verdict_text(parsed, verdict, result.optimal)
+
+
+def _order_similarity(task: Any, problem: dict[str, Any], parsed: ParsedTrace,
+                      references: dict[str, Any] | None, seed: int) -> dict[str, float | None]:
+    """`name -> similarity` to each reference algorithm; None for every name when the completion
+    parsed to no event (nothing to compare) or the comparison raised (logged, never fatal)."""
+    if not references:
+        return {}
+    if not parsed.events:
+        return dict.fromkeys(references)
+    try:
+        return dict(compare_with_algorithms(task, problem, parsed.to_trace(problem=problem), references, seed=seed))
+    except Exception as e:  # noqa: BLE001 - one problem's comparison must not end a long evaluation
+        log.warning("search-behaviour comparison raised %r; leaving this problem out of order_similarity", e)
+        return dict.fromkeys(references)
 
 
 def verdict_text(parsed: ParsedTrace, verdict: Verdict, optimal: bool) -> str:

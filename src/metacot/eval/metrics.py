@@ -12,6 +12,8 @@ Definitions (REFERENCE.md "Metrics"):
 - tokens per problem: mean generated tokens; tokens per solve: all generated tokens divided by
   the number of solves (what one solve costs).
 - fidelity: valid / claimed search steps over all completions (`linearization.fidelity.replay`).
+- order similarity to a reference algorithm (`eval.behaviour`): mean over problems whose model
+  trace parsed to at least one event (`None` = left out).
 """
 
 from __future__ import annotations
@@ -137,6 +139,16 @@ class TokensPerSolve(_MeanMetric):
         self._add(_t(tokens, self.device), count=_t(correct, self.device).sum())
 
 
+class OrderSimilarity(_MeanMetric):
+    """Mean similarity of the model's expansion order to one reference algorithm's; None values
+    (no trace to compare) are left out."""
+
+    higher_is_better = True
+
+    def update(self, values: Sequence[float | None]) -> None:
+        self._add(_t([v for v in values if v is not None], self.device))
+
+
 class ProblemCount(Metric):
     """How many problems were counted (over all ranks)."""
 
@@ -216,16 +228,19 @@ class ProblemResult:
     symbolic_optimal: bool = False
     symbolic_tokens: int | None = None  # the reference trace's length in tokens
     symbolic_stats: dict[str, Any] = field(default_factory=dict)
+    # reference algorithm -> similarity of the expansion orders (None: no model trace to compare)
+    order_similarity: dict[str, float | None] = field(default_factory=dict)
 
 
 class EvalMetrics:
     """The greedy-pass metric set (plus pass@k when `ks` is given), updated with `ProblemResult`s.
 
     `sync_on_compute=True` (the torchmetrics default) sums the states over DDP ranks; pass False
-    when only one rank evaluates.
+    when only one rank evaluates. `references` names the algorithms whose `order_similarity/<name>`
+    is reported (every rank must pass the same names).
     """
 
-    def __init__(self, ks: Sequence[int] = (), sync_on_compute: bool = True):
+    def __init__(self, ks: Sequence[int] = (), sync_on_compute: bool = True, references: Sequence[str] = ()):
         kw = {"sync_on_compute": sync_on_compute}
         self.solve, self.optimal = SolveRate(**kw), OptimalRate(**kw)
         self.swc, self.ilr = SWC(**kw), ILR(**kw)
@@ -236,12 +251,13 @@ class EvalMetrics:
         self.symbolic_tokens = TokensPerProblem(**kw)
         self.passk = PassAtK(ks, **kw) if ks else None
         self.count = ProblemCount(**kw)
+        self.order = {name: OrderSimilarity(**kw) for name in references}
 
     def metrics(self) -> list[Metric]:
         ms = [self.solve, self.optimal, self.swc, self.ilr, self.tokens, self.tokens_per_solve,
               self.fidelity, self.invalid, self.model_stats, self.symbolic_stats, self.symbolic_solve,
               self.symbolic_optimal, self.symbolic_tokens, self.count]
-        return ms + ([self.passk] if self.passk is not None else [])
+        return ms + ([self.passk] if self.passk is not None else []) + list(self.order.values())
 
     def to(self, device: torch.device | str) -> EvalMetrics:
         for m in self.metrics():
@@ -272,6 +288,8 @@ class EvalMetrics:
         self.symbolic_solve.update(col("symbolic_solved"))
         self.symbolic_optimal.update(col("symbolic_optimal"))
         self.symbolic_tokens.update([t for t in col("symbolic_tokens") if t is not None])
+        for name, metric in self.order.items():
+            metric.update([r.order_similarity.get(name) for r in results])
 
     def update_passk(self, num_samples: int, num_correct: Sequence[int]) -> None:
         if self.passk is None:
@@ -305,6 +323,8 @@ class EvalMetrics:
         if self.passk is not None:
             for k, v in self.passk.compute().items():
                 out[f"pass@{k}"] = v
+        for name, metric in self.order.items():
+            out[f"order_similarity/{name}"] = metric.compute()
         return {k: float(v) for k, v in out.items()}
 
 

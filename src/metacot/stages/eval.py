@@ -1,23 +1,25 @@
 """`stage=eval`: evaluate a model on seen (`val`) and unseen (`test_unseen`) problems.
 
 The model is `ckpt=` (a Hugging Face directory or a Lightning `.ckpt`) or, by default, this
-experiment's SFT export (`source: rl` picks its RL export). Writes `metrics.json` and `passk.png`
-to the run directory — and, for the experiment's own model, to `<experiment>/eval/` (SFT) or
-`<experiment>/eval/<source>/` — logs scalars to TensorBoard and prints a compact table with the
-symbolic algorithm's numbers on the same problems next to the model's.
+experiment's SFT export (`source: rl` picks its RL export). Writes `metrics.json`, `problems.json`
+(one row per problem and split) and `passk.png` to the run directory — and, for the experiment's
+own model, to `<experiment>/eval/` (SFT) or `<experiment>/eval/<source>/` — logs scalars to
+TensorBoard and prints a compact table with the symbolic algorithm's numbers on the same problems
+next to the model's. `eval.behaviour` names the `conf/search/` algorithms whose expansion order the
+model's is compared with (`order_similarity/<name>`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from metacot.atomic import write_json
 from metacot.config import build, plain
 from metacot.eval.evaluator import EvalOptions, evaluate
 from metacot.eval.metrics import finite_or_none
@@ -45,6 +47,7 @@ class EvalStage(Stage):
     def run(self, cfg: DictConfig) -> dict[str, Any]:
         task, search, lin = trace_engine(cfg)
         options: EvalOptions = build(cfg.eval)
+        references = reference_searches(options.behaviour)
         path = model_path(cfg, self.source)
         dataset_dir = ensure_dataset(cfg)  # built if absent, like every stage that needs one
         device = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
@@ -57,10 +60,12 @@ class EvalStage(Stage):
 
         results: dict[str, dict[str, float]] = {}
         examples: dict[str, list[dict[str, str]]] = {}
+        problems: dict[str, list[dict[str, Any]]] = {}
         for split in self.splits:
             t0 = time.perf_counter()
-            out = evaluate(model, tokenizer, task, lin, read_split(dataset_dir, split), options)
-            results[split], examples[split] = dict(out), out.examples
+            out = evaluate(model, tokenizer, task, lin, read_split(dataset_dir, split), options,
+                           reference_searches=references)
+            results[split], examples[split], problems[split] = dict(out), out.examples, out.problems
             log.info("eval %s: solve rate %.3f (symbolic %.3f) on %d problems in %.1fs", split,
                      out["solve_rate"], out["symbolic_solve_rate"], int(out["num_problems"]),
                      time.perf_counter() - t0)
@@ -81,17 +86,38 @@ class EvalStage(Stage):
             out_dirs.append(experiment_dir(cfg) / "eval" / ("" if self.source == "sft" else self.source))
         for out_dir in out_dirs:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            write_json(out_dir / "metrics.json", summary)
+            write_json(out_dir / "problems.json", problems)
             plot_passk({s: passk_curve(m) for s, m in results.items()}, out_dir / "passk.png",
                        title=f"pass@k — {experiment_key(cfg)}")
         tb_dir = _log_tensorboard(cfg, results, examples)
-        table = format_table({SPLIT_LABELS.get(s, s): m for s, m in results.items()})
+        labelled = {SPLIT_LABELS.get(s, s): m for s, m in results.items()}
+        table = format_table(labelled)
+        behaviour = sorted({k for m in results.values() for k in m if k.startswith("order_similarity/")})
+        if behaviour:  # which algorithm the model's expansion order is closest to
+            table += "\n\n" + format_table(labelled, rows=behaviour)
         print(f"\neval of {source}\n{table}\n(metrics: {run_dir / 'metrics.json'})", flush=True)
 
         first = self.splits[0] if self.splits else None
         objective = results[first]["solve_rate"] if first else None
         return {"metrics": results, "metrics_path": str(run_dir / "metrics.json"), "tensorboard_dir": tb_dir,
-                "objective": objective}
+                "objective": objective, "problems": problems, "model_source": source}
+
+
+def reference_searches(names: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`name -> SearchAlgorithm` built from `conf/search/<name>.yaml` with its default options (the
+    references of `eval.behaviour`, independent of this experiment's own `search=` overrides)."""
+    if not names:
+        return {}
+    from metacot.train import CONF_DIR
+
+    search_dir = Path(CONF_DIR) / "search"
+    available = sorted(p.stem for p in search_dir.glob("*.yaml"))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"eval.behaviour names unknown search algorithms {unknown}: use names of "
+                         f"{search_dir}/<name>.yaml, i.e. any of {available} (or eval.behaviour=[] to turn it off)")
+    return {n: build(OmegaConf.load(search_dir / f"{n}.yaml")) for n in names}
 
 
 def model_path(cfg: DictConfig, source: str = "sft") -> Path:
