@@ -13,10 +13,14 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from metacot.sweep import register_resolvers
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger("metacot")
+register_resolvers()  # names of sweep and job directories (conf/hydra/default.yaml)
 
 
 def prepare(cfg: DictConfig, run_dir: str | None = None) -> DictConfig:
@@ -45,7 +49,41 @@ def run(cfg: DictConfig) -> dict:
 def _hydra_main(cfg: DictConfig) -> float | None:
     if os.environ.get("METACOT_PRINT_CONFIG"):
         print(OmegaConf.to_yaml(cfg))
-    summary = run(cfg) or {}
+    return run_job(cfg)
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """One job with its `results.json` record. Under `-m`: a job complete for the same config is
+    skipped (`rerun=true` runs it again), and a job that raises is recorded as failed without
+    stopping the sweep. A single run re-raises, so its exit status says what happened."""
+    from metacot.stages.base import Terminated
+    from metacot.sweep import JobRecord, objective_of, stage_summaries
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    cfg = prepare(cfg)
+    record = JobRecord(cfg, Path(cfg.paths.run_dir), list(hc.overrides.task))
+    if multirun and not cfg.get("rerun", False):
+        previous = record.previous()
+        if previous is not None:
+            log.info("job already complete in %s: skipped (rerun=true runs it again)", cfg.paths.run_dir)
+            previous["skipped"] = True
+            record.data = previous
+            record.finish("complete", previous.get("stages"))
+            return objective_of(previous.get("stages") or {})
+    record.start()
+    try:
+        summary = run(cfg) or {}
+    except (KeyboardInterrupt, Terminated) as e:  # told to stop: the whole sweep stops
+        record.finish("interrupted", error=e)
+        raise
+    except (Exception, SystemExit) as e:  # this job failed (SystemExit: a user error with its message)
+        record.finish("failed", error=e)
+        if not multirun:
+            raise
+        log.error("job failed (the sweep goes on): %s: %s\n  details: %s", type(e).__name__, e, record.path)
+        return None
+    record.finish("complete", stage_summaries(str(cfg.stage.get("name", "stage")), summary))
     objective = summary.get("objective")
     return float(objective) if objective is not None else None
 

@@ -8,6 +8,11 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 
+class Terminated(SystemExit):
+    """The run was told to stop (SIGTERM) after saving a checkpoint: a sweep stops too, unlike for
+    a job that failed (any other exception, or a plain SystemExit carrying a user error)."""
+
+
 class Stage(ABC):
     name: str = "stage"
 

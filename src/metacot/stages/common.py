@@ -1,7 +1,8 @@
 """Helpers the stages share: building the trace-engine objects and the artifact paths.
 
 Artifacts of an experiment live in `${paths.experiments_dir}/<key>` where the key names the task,
-search, linearization and model and hashes the options that shape the data and the model — so
+search, linearization and model and hashes the options that shape the data and the trained model
+(model config, SFT recipe and budget, seed) — so
 `stage=rl search=astar` finds what `stage=sft search=astar` wrote, with no extra arguments.
 """
 
@@ -25,9 +26,23 @@ def data_key_parts(cfg: DictConfig) -> list[Any]:
     return [plain(cfg.task), plain(cfg.search), plain(cfg.linearization), plain(cfg.data)]
 
 
+# SFT options that shape the trained model (and so the experiment's artifacts); logging,
+# validation, checkpoint cadence and resume policy do not.
+SFT_KEY_OPTIONS = ("lr", "min_lr_ratio", "warmup_steps", "max_steps", "train_tokens", "batch_tokens", "grad_accum",
+                   "clip_grad_norm", "weight_decay", "betas", "eps", "packing", "pack_width", "loss_on_prompt",
+                   "seed")
+
+
+def training_key_parts(cfg: DictConfig) -> list[Any]:
+    """What shapes the SFT model beyond the data: the model, the SFT recipe and the seed (so seed
+    and budget sweeps never share, or resume, each other's checkpoints)."""
+    sft = plain(cfg.sft) if cfg.get("sft") is not None else {}
+    return [plain(cfg.model), {k: sft.get(k) for k in SFT_KEY_OPTIONS}, int(cfg.get("seed", 0))]
+
+
 def experiment_key(cfg: DictConfig) -> str:
     names = [cfg.task.name, cfg.search.name, cfg.linearization.name, cfg.model.name]
-    digest = config_hash(*data_key_parts(cfg), plain(cfg.model), length=8)
+    digest = config_hash(*data_key_parts(cfg), *training_key_parts(cfg), length=8)
     return "-".join(str(n) for n in names) + "-" + digest
 
 

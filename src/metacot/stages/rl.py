@@ -34,7 +34,7 @@ from metacot.modules.export import export_hf
 from metacot.modules.rl import RLModule, RLOptions
 from metacot.rl.objectives import ExpertIterationObjective
 from metacot.rl.rollout import RolloutCollector
-from metacot.stages.base import Stage
+from metacot.stages.base import Stage, Terminated
 from metacot.stages.common import experiment_dir, trace_engine
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class RLStage(Stage):
         try:
             trainer.fit(module, ckpt_path=ckpt_path)
         except SIGTERMException:
-            raise SystemExit(f"terminated at RL step {module.rl_step}; {ckpt_dir / 'last.ckpt'} was saved: "
+            raise Terminated(f"terminated at RL step {module.rl_step}; {ckpt_dir / 'last.ckpt'} was saved: "
                              "run the same command again to resume") from None
         if stop.interrupted:
             log.warning("stopped at RL step %d; %s was saved: run the same command again to resume",

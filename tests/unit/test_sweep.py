@@ -1,0 +1,99 @@
+"""Job records and sweep naming (metacot.sweep): what makes a sweep re-runnable and collision-free."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from metacot import sweep
+from metacot.sweep import JobRecord, job_hash, job_id, read_results, stage_summaries, write_json
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _compose(overrides=(), hydra=False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def test_job_names_are_readable_safe_and_distinct():
+    assert job_id("search=mcts,seed=1") == "search=mcts,seed=1"
+    assert job_id("") == "default"
+    odd = job_id("model.path=/data/my model")
+    assert "/" not in odd and " " not in odd
+    assert odd != job_id("model.path=/data/my_model")  # sanitised names keep a hash of the original
+    long_a, long_b = job_id("x=" + "a" * 300), job_id("x=" + "a" * 299 + "b")
+    assert len(long_a) <= sweep.MAX_NAME and long_a != long_b
+
+
+def test_sweep_identity_ignores_flags_and_launcher_settings():
+    args = ["-m", "search=mcts,astar", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "rerun=true",
+            "--config-name", "config", "seed=1"]
+    assert sweep._identity_overrides(args) == ["search=mcts,astar", "seed=1"]
+
+
+def test_job_hash_ignores_paths_and_rerun_but_not_options():
+    base = _compose(["paths.root_dir=/tmp/a"])
+    assert job_hash(base) == job_hash(_compose(["paths.root_dir=/tmp/b", "rerun=true"]))
+    assert job_hash(base) != job_hash(_compose(["seed=1"]))
+    assert job_hash(base) != job_hash(_compose(["search=bfs"]))
+
+
+def test_record_lifecycle_and_skip_only_for_the_same_config(tmp_path):
+    cfg = _compose()
+    rec = JobRecord(cfg, tmp_path, ["seed=0"])
+    rec.start()
+    assert read_results(tmp_path)["status"] == "running"
+    assert JobRecord(cfg, tmp_path, []).previous() is None  # running is not complete
+    rec.finish("complete", {"sft": {"objective": 0.5, "loss": float("nan")}})
+    data = read_results(tmp_path)
+    assert data["status"] == "complete" and data["stages"]["sft"]["loss"] is None  # strict JSON
+    assert data["config"]["task"]["name"] == "maze" and "hydra" not in data["config"]
+    assert JobRecord(cfg, tmp_path, []).previous()["stages"]["sft"]["objective"] == 0.5
+    assert JobRecord(_compose(["seed=3"]), tmp_path, []).previous() is None  # other config: runs again
+
+
+def test_failed_record_keeps_the_traceback_and_a_one_line_reason(tmp_path):
+    rec = JobRecord(_compose(), tmp_path, [])
+    try:
+        raise FileNotFoundError("no SFT model here\nTrain it first with ...")
+    except FileNotFoundError as e:
+        rec.finish("failed", error=e)
+    data = read_results(tmp_path)
+    assert data["status"] == "failed"
+    assert data["error_message"] == "FileNotFoundError: no SFT model here"
+    assert "Traceback" in data["error"]
+
+
+def test_partial_or_corrupt_results_count_as_absent(tmp_path):
+    (tmp_path / "results.json").write_text('{"status": "compl')
+    assert read_results(tmp_path) is None
+    write_json(tmp_path / "results.json", {"status": "complete"})
+    assert json.loads((tmp_path / "results.json").read_text()) == {"status": "complete"}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_pipeline_summary_becomes_one_entry_per_stage():
+    summary = {"datagen": {"dataset_dir": "d"}, "sft": {"steps": 3}, "objective": 0.7}
+    assert stage_summaries("pipeline_rl", summary) == {"datagen": {"dataset_dir": "d"}, "sft": {"steps": 3}}
+    assert stage_summaries("eval", {"objective": 0.7}) == {"eval": {"objective": 0.7}}
+
+
+def test_sweep_dirs_come_from_the_overrides():
+    sweep.register_resolvers()
+    cfg = _compose(["search=bfs", "seed=2"], hydra=True)
+    assert cfg.hydra.sweep.subdir == "search=bfs,seed=2"
+    assert str(cfg.hydra.sweep.dir).startswith(f"{cfg.paths.log_dir}/sweeps/")
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "local"])
+def test_submitit_launchers_compose(launcher):
+    cfg = _compose([f"hydra/launcher={launcher}"], hydra=True)
+    cls = get_class(cfg.hydra.launcher._target_)
+    assert cls.__module__.startswith("hydra_plugins.hydra_submitit_launcher")
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.partition is None
+        OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
