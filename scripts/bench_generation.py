@@ -1,13 +1,22 @@
 """Tokens/s of metacot's Sampler vs transformers' `model.generate` on the same model, batch and lengths.
 
-Both decode greedily for exactly --new-tokens steps (eos ignored by ours, suppressed in `generate`
-with min_new_tokens), from identical random prompts; the median of --repeats timed runs is reported.
-The Sampler runs twice: with its Llama fast path (`llama_decode`) and on the generic HF-forward path
-(`fast_path=False`); ratios come from the same run, repeats interleaved. `--threads 1 2` repeats the
-whole comparison for each CPU thread count.
+Both decode greedily from identical random prompts (eos ignored by ours, suppressed in `generate`
+with min_new_tokens); the median of --repeats timed runs is reported.
+
+CPU: the Sampler runs with its Llama fast path (`llama_decode`) and on the generic HF-forward path
+(`fast_path=False`); ratios come from the same run, repeats interleaved. `--threads 1 2` repeats
+the whole comparison for each CPU thread count.
+
+CUDA (defaults: model=small and base, batch 64 and 256, bf16): the Sampler's CUDA-graph path, its
+eager paths (generic HF forward; fast path) and `generate` (plain, and with the cuDNN SDPA backend
+off). Host-bound paths are timed once on fewer tokens (--slow-tokens; their per-step cost barely
+depends on the length, and the prefill's share makes them look slower by ~1/slow-tokens). The
+profiler's sum of CUDA kernel time per decode step is the floor a decode step could reach.
+Bar: CUDA graphs >= 20x `generate` for model=small at batch 64.
 
     python scripts/bench_generation.py --model tiny --batch 32 --device cpu --threads 1 2
-    python scripts/bench_generation.py --model small --batch 64 --device cuda --dtype bfloat16
+    python scripts/bench_generation.py --device cuda            # the GPU suite (~1 minute on an H100)
+    python scripts/bench_generation.py --device cuda --quick    # a short run
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ import argparse
 import importlib
 import statistics
 import time
+import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,9 +36,11 @@ from torch.nn.attention import sdpa_kernel
 from transformers import PreTrainedTokenizerFast
 
 from metacot.generation import Sampler
+from metacot.generation.cuda_graph import GraphDecoder
 from metacot.generation.sampler import DECODE_BACKENDS
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+BAR = 20.0  # CUDA graphs vs generate, model=small, batch 64
 
 
 def word_tokenizer(n_words: int) -> PreTrainedTokenizerFast:
@@ -57,14 +70,29 @@ def timed(fn, device: torch.device) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny", choices=["tiny", "small", "base", "gpt2"])
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument(
+        "--model",
+        nargs="+",
+        choices=["tiny", "small", "base", "gpt2"],
+        help="default: tiny (CPU), small base (CUDA)",
+    )
+    ap.add_argument("--batch", nargs="+", type=int, help="default: 32 (CPU), 64 256 (CUDA)")
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--vocab", type=int, default=1000, help="vocabulary size of the synthetic word tokenizer")
+    ap.add_argument(
+        "--vocab", type=int, help="synthetic word vocabulary size; default 1000 (CPU), 512 (CUDA)"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="default float32 (CPU), bfloat16 (CUDA)"
+    )
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--slow-tokens", type=int, default=64, help="CUDA: new tokens of the host-bound runs (generate)"
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="CUDA: small only, batch 64, 64 new tokens, 1 repeat"
+    )
     ap.add_argument(
         "--threads",
         type=int,
@@ -73,79 +101,99 @@ def main() -> None:
         help="torch.set_num_threads values (CPU), default: torch's",
     )
     args = ap.parse_args()
-
     device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    if args.quick:
+        args.model = args.model or ["small"]
+        args.batch = args.batch or [64]
+        args.new_tokens, args.repeats, args.slow_tokens = 64, 1, min(args.slow_tokens, 16)
+    args.model = args.model or (["small", "base"] if gpu else ["tiny"])
+    args.batch = args.batch or ([64, 256] if gpu else [32])
+    args.vocab = args.vocab or (512 if gpu else 1000)
+    args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
+    rows = []
+    for name in args.model:
+        for batch in args.batch:
+            if not gpu:
+                cpu_compare(args, name, batch, device)
+                continue
+            try:
+                rows.append(gpu_compare(args, name, batch, device))
+            except Exception:  # one failing case (e.g. out of memory) must not hide the others
+                traceback.print_exc()
+                rows.append({"model": name, "batch": batch, "error": True})
+            torch.cuda.empty_cache()
+    if gpu and not summarize(rows):
+        raise SystemExit(1)  # a case failed or the bar was missed
+
+
+def build(args, name: str, batch: int, device: torch.device):
     torch.manual_seed(0)
     tok = word_tokenizer(args.vocab - 4)
-    factory = load_factory(args.model)
-    model = factory.build(tok, args.prompt_len + args.new_tokens)
+    model = load_factory(name).build(tok, args.prompt_len + args.new_tokens)
     model = model.to(device=device, dtype=getattr(torch, args.dtype)).eval()
-    prompts = torch.randint(4, len(tok), (args.batch, args.prompt_len))
+    prompts = torch.randint(4, len(tok), (batch, args.prompt_len))
+    return tok, model, prompts
+
+
+def hf_generate(model, tok, input_ids, new_tokens: int, restricted: bool = False) -> list[list[int]]:
+    """`model.generate`, greedy, exactly `new_tokens` tokens; `restricted`: the SDPA backends our sampler uses."""
+    with torch.inference_mode(), sdpa_kernel(DECODE_BACKENDS) if restricted else nullcontext():
+        out = model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    return out[:, input_ids.shape[1] :].tolist()
+
+
+def cpu_compare(args, name: str, batch: int, device: torch.device) -> None:
+    tok, model, prompts = build(args, name, batch, device)
     input_ids = prompts.to(device)
-    mask = torch.ones_like(input_ids)
     sampler = Sampler(model, tok.eos_token_id, tok.pad_token_id)
     generic = Sampler(model, tok.eos_token_id, tok.pad_token_id, fast_path=False)
     results = {}
 
     def ours():
         results["ours"] = sampler.generate(
-            prompts.tolist(), args.new_tokens, batch_size=args.batch, ignore_eos=True
+            prompts.tolist(), args.new_tokens, batch_size=batch, ignore_eos=True
         ).tokens
 
     def ours_generic():
         results["ours_generic"] = generic.generate(
-            prompts.tolist(), args.new_tokens, batch_size=args.batch, ignore_eos=True
+            prompts.tolist(), args.new_tokens, batch_size=batch, ignore_eos=True
         ).tokens
 
-    def generate():
-        out = model.generate(
-            input_ids,
-            attention_mask=mask,
-            max_new_tokens=args.new_tokens,
-            min_new_tokens=args.new_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        results["hf"] = out[:, args.prompt_len :].tolist()
-
     def hf():
-        with torch.inference_mode():
-            generate()
-
-    def hf_restricted():  # generate with the SDPA backends our sampler uses on CUDA: isolates that effect
-        with torch.inference_mode(), sdpa_kernel(DECODE_BACKENDS):
-            generate()
+        results["hf"] = hf_generate(model, tok, input_ids, args.new_tokens)
 
     runs = {"hf": hf, "ours": ours, "ours_generic": ours_generic}
-    if device.type == "cuda":
-        runs["hf_restricted"] = hf_restricted
     for threads in args.threads:
         if threads:
             torch.set_num_threads(threads)
-        compare(args, model, device, runs, results, sampler.uses_fast_path())
+        compare(args, name, batch, model, device, runs, results, sampler.uses_fast_path())
 
 
-def compare(args, model, device, runs, results, fast: bool) -> None:
+def compare(args, name, batch, model, device, runs, results, fast: bool) -> None:
     for fn in runs.values():  # warm-up (allocator, kernels, lazy init)
         fn()
     times = {name: [] for name in runs}
     for _ in range(args.repeats):
-        for name, fn in runs.items():
-            times[name].append(timed(fn, device))
-    n_tokens = args.batch * args.new_tokens
+        for key, fn in runs.items():
+            times[key].append(timed(fn, device))
+    n_tokens = batch * args.new_tokens
     speed = {k: n_tokens / statistics.median(v) for k, v in times.items()}
     same = sum(a == b for a, b in zip(results["ours"], results["hf"], strict=True))
     print(
-        f"model={args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) device={device} "
-        f"dtype={args.dtype} threads={torch.get_num_threads()} batch={args.batch} prompt_len={args.prompt_len} "
+        f"model={name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) device={device} "
+        f"dtype={args.dtype} threads={torch.get_num_threads()} batch={batch} prompt_len={args.prompt_len} "
         f"new_tokens={args.new_tokens} repeats={args.repeats}"
     )
     print(f"transformers generate: {speed['hf']:10.0f} tok/s  runs(s)={[round(t, 3) for t in times['hf']]}")
-    if "hf_restricted" in speed:
-        print(
-            f"generate, no cuDNN SDPA: {speed['hf_restricted']:8.0f} tok/s  runs(s)={[round(t, 3) for t in times['hf_restricted']]}"
-        )
     print(
         f"Sampler, generic path: {speed['ours_generic']:10.0f} tok/s  runs(s)={[round(t, 3) for t in times['ours_generic']]}"
     )
@@ -156,8 +204,135 @@ def compare(args, model, device, runs, results, fast: bool) -> None:
     same_generic = sum(a == b for a, b in zip(results["ours"], results["ours_generic"], strict=True))
     print(
         f"speed-up vs generate: {speed['ours'] / speed['hf']:.2f}x (generic path {speed['ours_generic'] / speed['hf']:.2f}x)"
-        f"   identical greedy outputs: {same}/{args.batch} vs generate, {same_generic}/{args.batch} vs generic"
+        f"   identical greedy outputs: {same}/{batch} vs generate, {same_generic}/{batch} vs generic"
     )
+
+
+def gpu_compare(args, name: str, batch: int, device: torch.device) -> dict:
+    """Every path on one (model, batch): tok/s, identical-output counts, per-step wall and GPU time."""
+    tok, model, prompts = build(args, name, batch, device)
+    input_ids, plist = prompts.to(device), prompts.tolist()
+    eos, pad, new, slow = (
+        tok.eos_token_id,
+        tok.pad_token_id,
+        args.new_tokens,
+        min(args.slow_tokens, args.new_tokens),
+    )
+    graph = Sampler(model, eos, pad)
+    assert graph.uses_cuda_graphs(), "the CUDA-graph path is not used for this model"
+    eager = Sampler(model, eos, pad, cuda_graphs=False)
+    fast = Sampler(model, eos, pad, cuda_graphs=False, fast_path=True)
+    out = {}
+    runs = {  # name: (fn, new tokens, timed runs)
+        "graphs": (lambda: graph.generate(plist, new, ignore_eos=True).tokens, new, args.repeats),
+        "eager": (lambda: eager.generate(plist, new, ignore_eos=True).tokens, new, 1),
+        "eager_fast": (lambda: fast.generate(plist, new, ignore_eos=True).tokens, new, 1),
+        "generate": (lambda: hf_generate(model, tok, input_ids, slow), slow, 1),
+        "generate_no_cudnn": (lambda: hf_generate(model, tok, input_ids, slow, restricted=True), slow, 1),
+    }
+    speed = {}
+    for key, (fn, n_new, repeats) in runs.items():
+        if key.startswith("generate"):  # a short warm-up: these paths are slow
+            hf_generate(model, tok, input_ids, 2, restricted=key.endswith("cudnn"))
+        else:
+            out[key] = fn()  # warm-up; the graphs are captured here
+        times = []
+        for _ in range(repeats):
+            times.append(timed(lambda fn=fn, key=key: out.__setitem__(key, fn()), device))
+        speed[key] = batch * n_new / statistics.median(times)
+    row = {
+        "model": name,
+        "params": sum(p.numel() for p in model.parameters()) / 1e6,
+        "batch": batch,
+        "speed": speed,
+        "step_ms": 1e3 * batch / speed["graphs"],  # wall time per decode step (prefill included)
+        "gpu_step_ms": None,
+        "same_eager": sum(a == b for a, b in zip(out["graphs"], out["eager"], strict=True)),
+        "same_generate": sum(a[:slow] == b for a, b in zip(out["graphs"], out["generate"], strict=True)),
+        "graphs_captured": len(graph.graph_decoder.graphs),
+    }
+    print(
+        f"\nmodel={name} ({row['params']:.1f}M params) dtype={args.dtype} batch={batch} "
+        f"prompt_len={args.prompt_len} new_tokens={new} (generate: {slow}) repeats={args.repeats} "
+        f"{torch.cuda.get_device_name(device)}"
+    )
+    for key, label in [
+        ("generate", "transformers generate"),
+        ("generate_no_cudnn", "generate, no cuDNN SDPA"),
+        ("eager", "Sampler, eager (HF fwd)"),
+        ("eager_fast", "Sampler, eager fast path"),
+        ("graphs", "Sampler, CUDA graphs"),
+    ]:
+        print(f"  {label:26s} {speed[key]:12,.0f} tok/s  {speed[key] / speed['generate']:8.1f}x generate")
+    print(
+        f"  identical greedy outputs: {row['same_eager']}/{batch} vs eager (all {new} tokens), "
+        f"{row['same_generate']}/{batch} vs generate (first {slow} tokens; bf16 rounding differs between paths)",
+        flush=True,
+    )
+    if args.profile:
+        kernel_us, kernels = gpu_time(lambda: graph.generate(plist, new, ignore_eos=True))
+        source = "graph replays"
+        if not kernels:  # the profiler saw no kernels inside graph replays: the same kernels, uncaptured
+            static = Sampler(model, eos, pad)
+            static.graph_decoder = GraphDecoder(capture=False)
+            kernel_us, kernels = gpu_time(lambda: static.generate(plist, new, ignore_eos=True))
+            source = "the same step run without a graph"
+        if kernels:
+            row["gpu_step_ms"] = kernel_us / 1e3 / new
+            print(
+                f"  decode step: {row['step_ms']:.3f} ms wall vs {row['gpu_step_ms']:.3f} ms of GPU kernels "
+                f"(the floor; {kernels / new:.0f} kernels/step, profiled on {source}), "
+                f"{row['graphs_captured']} graphs captured",
+                flush=True,
+            )
+    return row
+
+
+def gpu_time(fn) -> tuple[float, int]:
+    """(microseconds of GPU work, number of kernels) that `fn` runs, from torch.profiler; (0, 0) if unavailable."""
+    try:
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        kernels = [e for e in events if not e.name.startswith(("Memcpy", "Memset"))]
+        return float(sum(e.device_time_total for e in events)), len(kernels)
+    except Exception:
+        traceback.print_exc()
+        return 0.0, 0
+
+
+def summarize(rows: list[dict]) -> bool:
+    """Print the table and the bar; False when a case failed or the bar was missed."""
+    print(
+        "\n| model | batch | generate tok/s | eager tok/s | graphs tok/s | graphs / generate | step ms (wall) | GPU ms/step |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r.get("error"):
+            print(f"| {r['model']} | {r['batch']} | failed (see the traceback above) | | | | | |")
+            continue
+        s = r["speed"]
+        print(
+            f"| {r['model']} | {r['batch']} | {s['generate']:,.0f} | {s['eager']:,.0f} | {s['graphs']:,.0f} | "
+            f"{s['graphs'] / s['generate']:.1f}x | {r['step_ms']:.3f} | "
+            f"{'n/a' if r['gpu_step_ms'] is None else format(r['gpu_step_ms'], '.3f')} |"
+        )
+    ok = not any(r.get("error") for r in rows)
+    bar = [r for r in rows if r["model"] == "small" and r["batch"] == 64 and not r.get("error")]
+    if bar:
+        ratio = bar[0]["speed"]["graphs"] / bar[0]["speed"]["generate"]
+        ok = ok and ratio >= BAR
+        print(
+            f"\nBAR (CUDA graphs >= {BAR:.0f}x generate, model=small, batch 64): {'PASS' if ratio >= BAR else 'FAIL'} ({ratio:.1f}x)"
+        )
+    elif any(r["model"] == "small" and r["batch"] == 64 for r in rows):
+        print("\nBAR (model=small, batch 64): FAIL (the run failed)")
+    return ok
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""FSDP (GPU only): trains, writes sharded checkpoints, resumes from them exactly, exports a Hugging
-Face model that loads on its own, matches a single-device run, and runs bf16-mixed with a fused
-AdamW and clipping (the combination Lightning's own clipping refuses). Each run is a fresh
-torchrun process, as a cluster launch would be."""
+"""FSDP (GPU only), built from conf/trainer/fsdp.yaml as `trainer=fsdp` builds it: trains, writes
+sharded checkpoints, resumes from them exactly, exports a Hugging Face model that loads on its own,
+ends with the same loss and weights as DDP (conf/trainer/ddp.yaml, same devices and batches) and,
+on one GPU, as a single-device run; and runs bf16-mixed with a fused AdamW and clipping (the
+combination Lightning's own clipping refuses). Each run is a fresh torchrun process, as a cluster
+launch would be."""
 
 from __future__ import annotations
 
@@ -12,14 +14,18 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.gpu
 
+CONF = Path(__file__).resolve().parents[2] / "conf" / "trainer"
+
 SCRIPT = textwrap.dedent('''
-    import json, random, sys
+    import importlib, json, random, sys
+    import yaml
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -32,7 +38,7 @@ SCRIPT = textwrap.dedent('''
     from metacot.modules.sft import SFTConfig, SFTModule
     from metacot.modules.trainer import FSDPTrainerFactory, TrainerFactory
 
-    out, mode, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    out, mode, devices, conf = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     words = [f"w{i}" for i in range(40)]
     vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *words])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -54,8 +60,17 @@ SCRIPT = textwrap.dedent('''
     precision = "bf16-mixed" if mode == "bf16" else "32-true"
     common = dict(accelerator="gpu", devices=devices, precision=precision, enable_progress_bar=False,
                   float32_matmul_precision="highest")
-    factory = TrainerFactory(**common) if mode == "single" else FSDPTrainerFactory(**common)
-    stop = StopAndSave(out + "/ckpt")
+
+    def from_yaml(option):  # what `trainer=<option>` instantiates, with this test's overrides
+        cfg = yaml.safe_load(open(f"{conf}/{option}.yaml"))
+        module, cls = cfg.pop("_target_").rsplit(".", 1)
+        return getattr(importlib.import_module(module), cls)(**{**cfg, **common})
+
+    factory = {"single": lambda: TrainerFactory(**common), "ddp": lambda: from_yaml("ddp")}.get(
+        mode, lambda: from_yaml("fsdp"))()
+    assert mode in ("single", "ddp") or isinstance(factory, FSDPTrainerFactory)
+    ckpt = out + "/ckpt_" + ("stop" if mode in ("stop", "resume") else mode)
+    stop = StopAndSave(ckpt)
 
     class StopAt(L.Callback):
         def on_train_batch_end(self, trainer, *args):
@@ -65,10 +80,10 @@ SCRIPT = textwrap.dedent('''
     trainer = factory.build(
         module.model, max_steps=10, max_epochs=-1, val_check_interval=5, check_val_every_n_epoch=None,
         log_every_n_steps=1, logger=False, enable_model_summary=False, default_root_dir=out,
-        callbacks=[StopAt(), ModelCheckpoint(dirpath=out + "/ckpt", save_top_k=0, save_last=True,
+        callbacks=[StopAt(), ModelCheckpoint(dirpath=ckpt, save_top_k=0, save_last=True,
                                              every_n_train_steps=5), stop])
     trainer.fit(module, datamodule=TraceDataModule(records, records[:32], tok, 128, batch_tokens=1024),
-                ckpt_path=out + "/ckpt/last.ckpt" if mode == "resume" else None)
+                ckpt_path=ckpt + "/last.ckpt" if mode == "resume" else None)
     export_hf(trainer, module, tok, out + f"/hf_{mode}")
     if trainer.is_global_zero:
         m = trainer.callback_metrics
@@ -87,7 +102,7 @@ def run(tmp_path, mode: str, devices: int) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={devices}", f"--master_port={port}",
-           str(script), str(tmp_path), mode, str(devices)]
+           str(script), str(tmp_path), mode, str(devices), str(CONF)]
     res = subprocess.run(cmd, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
@@ -104,10 +119,16 @@ def weights(path):
 def test_fsdp_trains_checkpoints_resumes_exports_and_matches_one_device(tmp_path):
     devices = min(2, torch.cuda.device_count())
     single = run(tmp_path, "single", 1)
+    ddp = run(tmp_path, "ddp", devices)
     full = run(tmp_path, "full", devices)
     assert full["strategy"] == "FSDPStrategy" and full["step"] == 10
-    assert (tmp_path / "ckpt" / "last.ckpt").is_dir(), "FSDP checkpoints should be sharded directories"
+    assert ddp["strategy"] == "DDPStrategy" and ddp["step"] == 10
+    assert (tmp_path / "ckpt_full" / "last.ckpt").is_dir(), "FSDP checkpoints should be sharded directories"
     w_full, model = weights(tmp_path / "hf_full")
+    w_ddp, _ = weights(tmp_path / "hf_ddp")  # the same global batches, sharded the same way
+    assert full["loss"] == pytest.approx(ddp["loss"], abs=1e-4)
+    assert full["val_loss"] == pytest.approx(ddp["val_loss"], abs=1e-4)
+    assert torch.allclose(w_full, w_ddp, atol=1e-4)
     if devices == 1:  # the same batches as the single-device run
         w_single, _ = weights(tmp_path / "hf_single")
         assert full["loss"] == pytest.approx(single["loss"], abs=1e-4)
@@ -121,6 +142,7 @@ def test_fsdp_trains_checkpoints_resumes_exports_and_matches_one_device(tmp_path
     assert resumed["step"] == 10
     w_resumed, _ = weights(tmp_path / "hf_resume")
     assert torch.allclose(w_resumed, w_full, atol=1e-5)
+    assert resumed["loss"] == pytest.approx(full["loss"], abs=1e-5)
     assert resumed["val_loss"] == pytest.approx(full["val_loss"], abs=1e-5)
 
 

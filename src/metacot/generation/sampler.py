@@ -6,6 +6,8 @@ masks and position ids. Rows stop at eos; once enough rows have stopped they are
 batch. On CUDA the all-finished check runs only every few steps, so the loop rarely waits on the GPU.
 Llama models decode through `llama_decode` (a lean functional step over the same weights) unless
 `fast_path=False` or their config is one it does not cover; everything else uses the HF forward.
+On CUDA, those Llama models decode through `cuda_graph` instead: a static KV cache and CUDA-graph
+replays of the decode step (`cuda_graphs=False` turns it off).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel
 
 from metacot.generation.cache import make_cache
+from metacot.generation.cuda_graph import GraphDecoder
 from metacot.generation.llama_decode import LlamaDecoder, LlamaWeights, fast_path_problem
 from metacot.generation.sampling import pick_tokens
 
@@ -41,6 +44,10 @@ class Sampler:
     `fast_path`: decode supported Llama models with `llama_decode` (prefill still runs the HF forward).
     None (default) = on CPU only: the path is verified there; on GPU it has not been measured yet, so
     GPU runs use the generic path unless `fast_path=True` is passed.
+    `cuda_graphs`: decode supported Llama models with `cuda_graph.GraphDecoder` (static cache, one
+    CUDA graph per batch/length bucket, kept between calls). None (default) = on when the model is on
+    CUDA; True on CPU runs the same static-cache loop without graphs (tests). Takes precedence over
+    `fast_path`. `sync_every` defaults to 16 there.
     """
 
     def __init__(
@@ -51,6 +58,7 @@ class Sampler:
         sync_every: int | None = None,
         compact_fraction: float = 0.25,
         fast_path: bool | None = None,
+        cuda_graphs: bool | None = None,
     ):
         self.model = model
         self.eos_token_id = int(eos_token_id)
@@ -58,6 +66,8 @@ class Sampler:
         self.sync_every = sync_every
         self.compact_fraction = compact_fraction
         self.fast_path = fast_path
+        self.cuda_graphs = cuda_graphs
+        self.graph_decoder: GraphDecoder | None = None  # built on first use, kept: captured graphs are reused
         params = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.keep_kwarg = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -69,6 +79,13 @@ class Sampler:
         wanted = self.fast_path
         if wanted is None:
             wanted = next(self.model.parameters()).device.type == "cpu"
+        return bool(wanted) and fast_path_problem(self.model) is None
+
+    def uses_cuda_graphs(self) -> bool:
+        """Whether `generate` decodes with `cuda_graph` (captured graphs on CUDA, the same loop eagerly on CPU)."""
+        wanted = self.cuda_graphs
+        if wanted is None:
+            wanted = next(self.model.parameters()).device.type == "cuda"
         return bool(wanted) and fast_path_problem(self.model) is None
 
     @torch.inference_mode()
@@ -100,22 +117,27 @@ class Sampler:
             was_training = self.model.training
             self.model.eval()
             weights = None
-            if self.uses_fast_path():
+            graphs = self.uses_cuda_graphs()
+            if graphs:
+                self.graph_decoder = self.graph_decoder or GraphDecoder()
+            elif self.uses_fast_path():
                 weights = LlamaWeights(self.model, max(len(p) for p in rows) + max_new_tokens)
             try:
                 with sdpa_kernel(DECODE_BACKENDS) if device.type == "cuda" else nullcontext():
                     for start in range(0, len(order), size):
                         chunk = order[start : start + size]
-                        out = self._decode(
+                        args = (
                             [rows[r] for r in chunk],
                             max_new_tokens,
                             temperature,
                             top_p,
                             generator,
                             ignore_eos,
-                            device,
-                            weights,
                         )
+                        if graphs:
+                            out = self.graph_decoder.decode(self, *args, device)
+                        else:
+                            out = self._decode(*args, device, weights)
                         for r, (toks, done) in zip(chunk, out, strict=True):
                             tokens[r], finished[r] = toks, done
             finally:
