@@ -82,8 +82,28 @@ def test_sft_stage_trains_exports_logs_and_resumes(tmp_path, monkeypatch, caplog
 
     caplog.set_level(logging.INFO)
     summary = run(_compose(tmp_path, monkeypatch))
-    assert summary["steps"] == 4 and "nothing left to train" in caplog.text
+    assert summary["steps"] == 4 and "nothing left to do" in caplog.text
     assert summary["val_loss"] is not None and Path(summary["hf_dir"]) == sft / "hf"
 
-    with pytest.raises(ValueError, match=r"other settings \(lr: 0.003 -> 0.001\).*sft.resume=never"):
-        run(_compose(tmp_path, monkeypatch, "sft.lr=1e-3"))
+    # a checkpoint whose recorded settings differ from this run's is refused, never resumed silently
+    recorded = json.loads((sft / "run_config.json").read_text())
+    (sft / "run_config.json").write_text(json.dumps({**recorded, "lr": 0.5}))
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.5 -> 0.003\).*sft.resume=never"):
+        run(_compose(tmp_path, monkeypatch))
+
+    # other SFT settings (or another seed) are another experiment, in a directory of its own
+    other = run(_compose(tmp_path, monkeypatch, "sft.lr=1e-3", "sft.max_steps=2"))
+    assert other["steps"] == 2 and Path(other["hf_dir"]).parent.parent != exp
+
+
+def test_train_tokens_sets_the_step_count_from_the_packing_fill(tmp_path, monkeypatch):
+    """Equal-token comparisons: `sft.train_tokens` trains on that many real tokens (to one step)."""
+    from metacot.train import run
+
+    budget, batch = 6000, 2048
+    summary = run(_compose(tmp_path, monkeypatch, f"sft.train_tokens={budget}", "sft.max_steps=100",
+                           "sft.solve_rate_problems=0", "sft.export_hf=false"))
+    per_step = batch * summary["fill"]
+    assert summary["steps"] == -(-budget // per_step) and summary["steps"] < 100
+    assert budget <= summary["train_tokens"] < budget + per_step + 1
+    assert summary["num_parameters"] > 0

@@ -2,11 +2,13 @@
 
 Loss = summed cross-entropy over the target tokens of a micro-batch / their count (targets
 are shifted per example by the collator, so packed rows never predict across examples).
-Logging avoids host syncs: tensors go to `self.log` (flushed every `log_every_n_steps`), token
-counts are Python ints, and the non-finite-loss flag lives on the device and is read only every
-`log_every_n_steps` steps and before any checkpoint is written — so a NaN never overwrites the
-last good checkpoint. Validation: token-weighted val loss over every rank's batches, plus the
-greedy solve rate of an optional `evaluate_fn(model) -> dict` (the evaluator, when present).
+A training step makes no host sync and calls no `self.log`: metrics are logged only on the steps
+Lightning writes them (every `log_every_n_steps`, and the last), because every `self.log` costs a
+clone, and a Python float costs a blocking host-to-GPU copy. Token counts are Python ints; the
+step losses wait on the device and are checked for NaN/inf in one read every `log_every_n_steps`
+steps and before any checkpoint is written — so a NaN never overwrites the last good checkpoint.
+Validation: token-weighted val loss over every rank's batches, plus the greedy solve rate of an
+optional `evaluate_fn(model) -> dict` (the evaluator, when present).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -33,6 +35,11 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "GH200": 989e12, "A100": 312e
                    "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12}
 
 
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named like `torch.cuda.get_device_name()`, None if unknown."""
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_name), None)
+
+
 @dataclass
 class SFTConfig:
     """`conf/sft/<name>.yaml`: the SFT hyperparameters (see that file for what each one does)."""
@@ -42,6 +49,7 @@ class SFTConfig:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 40
     max_steps: int = 400
+    train_tokens: int | None = None
     max_time_s: float | None = None
     batch_tokens: int = 8192
     grad_accum: int = 1
@@ -71,6 +79,8 @@ class SFTConfig:
                     "ckpt_every_steps"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"sft.{key} must be an integer >= 1, got {getattr(self, key)!r}")
+        if self.train_tokens is not None and (not isinstance(self.train_tokens, int) or self.train_tokens < 1):
+            raise ValueError(f"sft.train_tokens must be null or an integer >= 1, got {self.train_tokens!r}")
         if not 0 <= self.warmup_steps:
             raise ValueError(f"sft.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not self.lr > 0:
@@ -79,6 +89,18 @@ class SFTConfig:
             raise ValueError(f"sft.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.resume not in ("auto", "never") and not str(self.resume).endswith(".ckpt"):
             raise ValueError(f"sft.resume must be auto, never or a path to a .ckpt, got {self.resume!r}")
+
+    def for_token_budget(self, fill: float, world_size: int = 1) -> SFTConfig:
+        """With `train_tokens` set: the same config whose `max_steps` trains on that many real
+        (non-padding) tokens, given the fraction of batch slots that hold tokens (`fill`) and
+        the number of ranks. Warmup is kept, but at most a quarter of the run."""
+        if self.train_tokens is None:
+            return self
+        per_step = self.batch_tokens * self.grad_accum * world_size * fill
+        if per_step <= 0:
+            raise ValueError("sft.train_tokens: the training batches hold no tokens (fill 0)")
+        steps = max(1, math.ceil(self.train_tokens / per_step))
+        return replace(self, max_steps=steps, warmup_steps=min(self.warmup_steps, steps // 4))
 
     @property
     def max_time(self) -> timedelta | None:
@@ -109,10 +131,10 @@ class SFTModule(L.LightningModule):
         self.config = config
         self.evaluate_fn = evaluate_fn
         self.flops_per_token = flops_per_token
-        self._bad: torch.Tensor | None = None  # any non-finite loss since the start (device flag)
-        self._first_bad: torch.Tensor | None = None
-        self._window = (0, time.perf_counter())
-        self._tokens_per_s: float | None = None
+        self._losses: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked for NaN/inf
+        self._first_bad: int | None = None  # the first step whose loss was not finite
+        self._tokens, self._t0, self._warm = 0, time.perf_counter(), False  # the tokens/s window
+        self._logged_at = -1
         self._peak_flops: float | None = None
         self._val: list[Any] = [None, 0]
         self.last_eval: dict[str, Any] = {}
@@ -124,69 +146,70 @@ class SFTModule(L.LightningModule):
             self._compiled = True
 
     # --- training ---------------------------------------------------------------------------
+    def logs_after(self, steps_done: int) -> bool:
+        """Whether the logger writes after optimizer step `steps_done` (1-based): every
+        `log_every_n_steps`, plus the last step (for the run's final `callback_metrics`)."""
+        trainer = self._trainer
+        every = trainer.log_every_n_steps if trainer is not None else self.config.log_every_n_steps
+        last = trainer.max_steps if trainer is not None else self.config.max_steps
+        return steps_done > 0 and ((every > 0 and steps_done % every == 0) or steps_done == last)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = token_loss_sum(self.model, batch) / max(1, batch["n_targets"])
-        self._track_finite(loss.detach())
-        detached = loss.detach()
         n = max(1, batch["n_targets"])
-        self.log("train/loss", detached, on_step=True, on_epoch=False, batch_size=n)
-        self.log("train/ppl", torch.exp(detached.clamp(max=30.0)), on_step=True, on_epoch=False, batch_size=n)
-        self.log("train/fill", batch["n_tokens"] / batch["input_ids"].numel(), on_step=True, on_epoch=False,
-                 batch_size=n)
-        self._count_tokens(batch["n_tokens"])
+        loss = token_loss_sum(self.model, batch) / n
+        detached = loss.detach()
+        self._losses.append((self.global_step, detached))
+        self._tokens += batch["n_tokens"]
+        if self.logs_after(self.global_step + 1):
+            self.log("train/loss", detached, on_step=True, on_epoch=False, batch_size=n)
+            self.log("train/ppl", torch.exp(detached.clamp(max=30.0)), on_step=True, on_epoch=False, batch_size=n)
+            self.log("train/fill", batch["n_tokens"] / batch["input_ids"].numel(), on_step=True, on_epoch=False,
+                     batch_size=n)
         return loss
 
-    def _track_finite(self, loss: torch.Tensor) -> None:
-        bad = ~torch.isfinite(loss)
-        if self._bad is None:
-            self._bad = torch.zeros((), dtype=torch.bool, device=loss.device)
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-        self._first_bad = torch.where(bad & ~self._bad, self.global_step, self._first_bad)
-        self._bad = self._bad | bad
+    def on_train_start(self) -> None:
+        self._tokens, self._t0, self._warm, self._logged_at = 0, time.perf_counter(), False, -1
 
-    def _count_tokens(self, n_tokens: int) -> None:
-        tokens, t0 = self._window
-        tokens += n_tokens
-        self._window = (tokens, t0)
-        if self._tokens_per_s is not None:
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        root = self.trainer.strategy.model if self._trainer is not None else self
+        norm = clip_gradients(root, self.parameters(), self.config.clip_grad_norm)  # clips on the device
+        if self.logs_after(self.global_step + 1):
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.global_step
+        if step == self._logged_at or not self.logs_after(step):
+            return  # also skips the micro-batches that accumulate into the next step
+        self._logged_at = step
+        self.raise_if_nonfinite()  # reads the losses: the one host sync of the window
+        now = time.perf_counter()
+        if self._warm:  # the first window holds start-up (and compilation): not a rate
+            rate = self._tokens / max(now - self._t0, 1e-9)
             world = self.trainer.world_size if self._trainer is not None else 1
-            self.log("train/tokens_per_s", self._tokens_per_s * world, on_step=True, on_epoch=False, batch_size=1)
-            mfu = self._mfu(self._tokens_per_s)
+            self.log("train/tokens_per_s", rate * world, on_step=True, on_epoch=False, batch_size=1)
+            mfu = self._mfu(rate)
             if mfu is not None:
                 self.log("train/mfu", mfu, on_step=True, on_epoch=False, batch_size=1)
+        self._tokens, self._t0, self._warm = 0, now, True
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
 
     def _mfu(self, tokens_per_s: float) -> float | None:
         if self.flops_per_token is None or self.device.type != "cuda":
             return None
         if self._peak_flops is None:
-            name = torch.cuda.get_device_name(self.device)
-            self._peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), 0.0)
+            self._peak_flops = peak_bf16_flops(torch.cuda.get_device_name(self.device)) or 0.0
         return tokens_per_s * self.flops_per_token / self._peak_flops if self._peak_flops else None
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        root = self.trainer.strategy.model if self._trainer is not None else self
-        norm = clip_gradients(root, self.parameters(), self.config.clip_grad_norm)
-        self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = self.global_step
-        every = self.config.log_every_n_steps
-        if step % every == 0 and step != getattr(self, "_checked_at", -1):
-            self._checked_at = step
-            self.raise_if_nonfinite()
-            tokens, t0 = self._window
-            now = time.perf_counter()
-            self._tokens_per_s = tokens / max(now - t0, 1e-9)
-            self._window = (0, now)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
 
     def raise_if_nonfinite(self) -> None:
         """Stop with a clear message if any training loss so far was NaN/inf (all ranks agree)."""
-        local = bool(self._bad.item()) if self._bad is not None else False
+        if self._losses and self._first_bad is None:
+            finite = torch.isfinite(torch.stack([loss for _, loss in self._losses])).tolist()  # one read
+            self._first_bad = next((s for (s, _), ok in zip(self._losses, finite, strict=True) if not ok), None)
+        self._losses.clear()
+        local = self._first_bad is not None
         bad = self.trainer.strategy.reduce_boolean_decision(local, all=False) if self._trainer else local
         if bad:
-            first = int(self._first_bad.item()) if local and self._first_bad is not None else -1
-            where = f"at step {first}" if first >= 0 else f"before step {self.global_step}"
+            where = f"at step {self._first_bad}" if local else f"before step {self.global_step}"
             raise FloatingPointError(
                 f"non-finite training loss (NaN/inf) {where}; stopped without saving, so the checkpoints "
                 "on disk still hold the last finite weights. Lower sft.lr, raise sft.warmup_steps or set "

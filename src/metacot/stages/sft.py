@@ -25,7 +25,7 @@ from metacot.linearization.base import Linearization
 from metacot.modules.callbacks import StopAndSave
 from metacot.modules.export import export_hf
 from metacot.modules.sft import SFTConfig, SFTModule
-from metacot.stages.base import Stage
+from metacot.stages.base import Stage, Terminated
 from metacot.stages.common import experiment_dir, trace_engine
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,15 @@ class SFTStage(Stage):
             check_val_every_n_epoch=None, log_every_n_steps=hp.log_every_n_steps,
             limit_val_batches=None if has_val else 0, callbacks=callbacks, logger=logger, default_root_dir=str(out_dir),
         )
+        fill = dm.fill_fraction()
+        if hp.train_tokens is not None:  # equal-token comparisons: the step count follows the budget
+            hp = hp.for_token_budget(fill, trainer.world_size)
+            module.config = hp
+            trainer.fit_loop.epoch_loop.max_steps = hp.max_steps
+            log.info("sft.train_tokens=%d: %d steps of %d x %d x %d slots at fill %.3f", hp.train_tokens,
+                     hp.max_steps, hp.batch_tokens, hp.grad_accum, trainer.world_size, fill)
         log.info("sft: %s, %d train examples (%d dropped as overlong), row width %d, fill %.2f%s",
-                 dataset_dir.name, len(dm.train.records), dm.dropped["train"], dm.width, dm.fill_fraction(),
+                 dataset_dir.name, len(dm.train.records), dm.dropped["train"], dm.width, fill,
                  f", resuming from {ckpt_path}" if ckpt_path else "")
         if trainer.is_global_zero:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,11 +103,11 @@ class SFTStage(Stage):
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         except SIGTERMException:
-            raise SystemExit(f"terminated at step {trainer.global_step}; {ckpt_dir / 'last.ckpt'} was saved: "
+            raise Terminated(f"terminated at step {trainer.global_step}; {ckpt_dir / 'last.ckpt'} was saved: "
                              "run the same command again to resume") from None
         if module.resumed_step is not None and module.resumed_step >= hp.max_steps:
-            log.warning("%s is already at step %d >= sft.max_steps=%d: nothing left to train (raise sft.max_steps "
-                        "to train on, or pass sft.resume=never to start over)", ckpt_path, module.resumed_step,
+            log.warning("%s is already at step %d >= %d steps: this experiment is trained; nothing left to do "
+                        "(pass sft.resume=never to train it again from scratch)", ckpt_path, module.resumed_step,
                         hp.max_steps)
         if stop.interrupted:
             log.warning("stopped at step %d; %s was saved: run the same command again to resume",
@@ -117,7 +124,9 @@ class SFTStage(Stage):
             "val_solve_rate": _metric(trainer, "val/solve_rate"),
             "best_" + monitor.split("/")[1]: _score(best) if has_val else None,
             "tokens_per_s": train_metrics.get("train/tokens_per_s"),
-            "fill": dm.fill_fraction(),
+            "fill": fill,
+            "train_tokens": int(round(trainer.global_step * hp.batch_tokens * hp.grad_accum * trainer.world_size * fill)),
+            "num_parameters": sum(p.numel() for p in model.parameters()),
             "dropped_overlong": dict(dm.dropped),
             "dataset_dir": str(dataset_dir),
             "last_ckpt": str(ckpt_dir / "last.ckpt"),
