@@ -97,3 +97,19 @@ def test_submitit_launchers_compose(launcher):
     if launcher == "slurm":
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.partition is None
         OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+
+
+def test_experiment_key_separates_seeds_and_budgets_and_missing_models_name_the_others(tmp_path):
+    from metacot.stages.common import experiment_dir, experiment_key, other_trainings
+
+    base = _compose([f"paths.root_dir={tmp_path}"])
+    keys = {experiment_key(base), experiment_key(_compose(["seed=1"])), experiment_key(_compose(["sft.max_steps=9"])),
+            experiment_key(_compose(["sft.train_tokens=1000"]))}
+    assert len(keys) == 4
+    assert experiment_key(base) == experiment_key(_compose(["sft.log_every_n_steps=3", "algo=rloo"]))
+    assert other_trainings(base) == ""
+    trained = experiment_dir(_compose([f"paths.root_dir={tmp_path}", "seed=7"])) / "sft" / "hf"
+    trained.mkdir(parents=True)
+    (trained / "config.json").write_text("{}")
+    assert str(trained) in other_trainings(base) and "init_from=" in other_trainings(base)
+    assert other_trainings(_compose([f"paths.root_dir={tmp_path}", "search=bfs"])) == ""

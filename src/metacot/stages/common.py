@@ -48,3 +48,16 @@ def experiment_key(cfg: DictConfig) -> str:
 
 def experiment_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.experiments_dir) / experiment_key(cfg)
+
+
+def other_trainings(cfg: DictConfig, artifact: str = "sft") -> str:
+    """For a "model not found" error: the same task/search/format/model trained with other SFT
+    settings or seeds (their `<artifact>/hf` exists), as text to append, or "" when none."""
+    prefix = "-".join(str(n) for n in (cfg.task.name, cfg.search.name, cfg.linearization.name, cfg.model.name))
+    found = sorted(p.parent for p in Path(cfg.paths.experiments_dir).glob(f"{prefix}-*/{artifact}/hf/config.json"))
+    if not found:
+        return ""
+    lines = "\n".join(f"    {p}" for p in found[:5]) + (f"\n    ... ({len(found) - 5} more)" if len(found) > 5 else "")
+    return ("\nThe same task/search/format/model was trained with other SFT settings or seed (the experiment "
+            "key hashes the sft.* options and seed, so pass the same ones, or point at one with "
+            f"init_from=/ckpt=):\n{lines}")

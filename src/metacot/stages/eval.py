@@ -26,7 +26,7 @@ from metacot.eval.metrics import finite_or_none
 from metacot.eval.plots import passk_curve, plot_passk
 from metacot.eval.table import format_table
 from metacot.stages.base import Stage
-from metacot.stages.common import experiment_dir, experiment_key, trace_engine
+from metacot.stages.common import experiment_dir, experiment_key, other_trainings, trace_engine
 from metacot.stages.datagen import ensure_dataset
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def model_path(cfg: DictConfig, source: str = "sft") -> Path:
         raise FileNotFoundError(
             f"no {source.upper()} model for this experiment at {path}. Train it first with\n"
             f"    python train.py stage={source} {_overrides_without_stage()}\n"
-            "or evaluate another model with ckpt=/path/to/hf_dir_or.ckpt"
+            "or evaluate another model with ckpt=/path/to/hf_dir_or.ckpt" + other_trainings(cfg, source)
         )
     return path
 

@@ -35,7 +35,7 @@ from metacot.modules.rl import RLModule, RLOptions
 from metacot.rl.objectives import ExpertIterationObjective
 from metacot.rl.rollout import RolloutCollector
 from metacot.stages.base import Stage, Terminated
-from metacot.stages.common import experiment_dir, trace_engine
+from metacot.stages.common import experiment_dir, other_trainings, trace_engine
 
 log = logging.getLogger(__name__)
 # Options that change how long a run is or what it logs, not what it computes (not in the run key).
@@ -138,7 +138,7 @@ def load_policy(cfg: DictConfig, dataset_dir: Path) -> tuple[Any, Any, str]:
             raise FileNotFoundError(
                 f"no SFT model for this experiment at {path}. Train it first with\n"
                 f"    python train.py stage=sft {_sft_overrides()}\n"
-                "or start RL from another model with init_from=/path/to/hf_dir_or.ckpt")
+                "or start RL from another model with init_from=/path/to/hf_dir_or.ckpt" + other_trainings(cfg))
     model, tokenizer = load_model(cfg, path, dataset_dir, torch.device("cpu"))
     return model, tokenizer, str(path)
 
