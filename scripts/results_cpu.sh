@@ -21,11 +21,15 @@ sweep() {  # sweep <question> <overrides...>: run the sweep, then its report
 sweep q1 task=maze,countdown linearization=compact,solution sft.train_tokens=500000,1500000,3000000 \
   eval.num_samples=0 seed=0
 # Q2: A* vs BFS vs DFS vs MCTS traces at equal training tokens (mazes, compact format).
-sweep q2 task=maze linearization=compact search=astar,bfs,dfs,mcts sft.train_tokens=2000000 eval.num_samples=0
-# Q3: SFT vs SFT+RL across objectives, pass@k up to k=64, from a partly trained SFT model (1.5M tokens).
+sweep q2 task=maze linearization=compact search=astar,bfs,dfs,mcts sft.train_tokens=2000000 eval.num_samples=0 \
+  seed=0,1,2
+# Q3: SFT vs SFT+RL across objectives, pass@k up to k=32 (a cap of 256 new tokens: maze traces are < 100), from a partly trained SFT model (1.5M tokens).
 sweep q3 stage=pipeline_rl task=maze linearization=compact sft.train_tokens=1500000 \
-  algo=grpo,rloo,dr_grpo rl.steps=40 rl.eval_every=0 eval.num_samples=64
-# Q4: bootstrapping (expert iteration, keep the shortest correct trace) from the converged SFT model.
+  algo=grpo,rloo,dr_grpo rl.steps=80 rl.prompts_per_step=16 rl.eval_every=0 rl.eval_at_start=false \
+  eval.n_problems=100 eval.num_samples=32 eval.max_new_tokens=256
+# Q4: bootstrapping (expert iteration, keep the shortest correct of 64 samples, 3 rounds of 128 problems,
+# supervised fine-tuning at lr 5e-4) from the converged SFT model (3M tokens).
 sweep q4 stage=pipeline_rl task=maze linearization=compact sft.train_tokens=3000000 \
-  algo=expert_iteration rl.prompts_per_step=128 rl.eval_every=0 eval.num_samples=0
+  algo=expert_iteration rl.prompts_per_step=128 rl.lr=5e-4 rl.sft_epochs=2 rl.eval_every=0 rl.eval_at_start=false \
+  eval.num_samples=0 eval.max_new_tokens=256
 exit $status
