@@ -27,9 +27,13 @@ sweep q2 task=maze linearization=compact search=astar,bfs,dfs,mcts sft.train_tok
 sweep q3 stage=pipeline_rl task=maze linearization=compact sft.train_tokens=1500000 \
   algo=grpo,rloo,dr_grpo rl.steps=80 rl.prompts_per_step=16 rl.eval_every=0 rl.eval_at_start=false \
   eval.n_problems=100 eval.num_samples=32 eval.max_new_tokens=256
+# Q3, spread: GRPO with two more RL seeds (same SFT model: rl.seed, not seed, which would retrain it).
+sweep q3_seeds stage=pipeline_rl task=maze linearization=compact sft.train_tokens=1500000 \
+  algo=grpo rl.seed=1,2 rl.steps=80 rl.prompts_per_step=16 rl.eval_every=0 rl.eval_at_start=false \
+  eval.n_problems=100 eval.num_samples=32 eval.max_new_tokens=256
 # Q4: bootstrapping (expert iteration, keep the shortest correct of 64 samples, 3 rounds of 128 problems,
-# supervised fine-tuning at lr 5e-4) from the converged SFT model (3M tokens).
+# supervised fine-tuning at lr 5e-4 and 1e-4) from the converged SFT model (3M tokens).
 sweep q4 stage=pipeline_rl task=maze linearization=compact sft.train_tokens=3000000 \
-  algo=expert_iteration rl.prompts_per_step=128 rl.lr=5e-4 rl.sft_epochs=2 rl.eval_every=0 rl.eval_at_start=false \
+  algo=expert_iteration rl.prompts_per_step=128 rl.lr=5e-4,1e-4 rl.sft_epochs=2 rl.eval_every=0 rl.eval_at_start=false \
   eval.num_samples=0 eval.max_new_tokens=256
 exit $status
