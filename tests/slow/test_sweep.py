@@ -45,7 +45,10 @@ def test_pipeline_sweep_runs_skips_and_reports(tmp_path):
         assert job["stages"]["sft"]["steps"] == 3
         assert 0.0 <= job["stages"]["eval"]["metrics"]["test_unseen"]["solve_rate"] <= 1.0
     [sweep_dir] = list((tmp_path / "logs" / "sweeps").iterdir())
-    assert "search=astar,bfs" in sweep_dir.name and (sweep_dir / "sweep.json").is_file()
+    from metacot.sweep import _name
+
+    assert sweep_dir.name == _name(",".join(sorted(["search=astar,bfs", *TINY])))  # named after the command
+    assert (sweep_dir / "sweep.json").is_file()
 
     again = _sweep(tmp_path, "search=astar,bfs", *TINY)  # the same command: nothing to run
     assert again.returncode == 0, again.stderr[-3000:]
