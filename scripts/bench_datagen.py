@@ -3,6 +3,7 @@
     python scripts/bench_datagen.py                       # every case, 1 worker and all cores
     python scripts/bench_datagen.py --n 50000 --workers 2 --cases countdown4:dfs_sos:sos
     python scripts/bench_datagen.py --profile             # cProfile of the headline case, 1 worker
+    python scripts/bench_datagen.py --phases --n 5000     # CPU us/trace per phase of the headline case
 
 A case is `task:search:linearization` (config option names, or an alias below). `countdown4` is
 Countdown with 4 numbers at SoS scale (1..99, targets 10..100). `dfs_sos` is `dfs` as the SoS
@@ -28,6 +29,7 @@ import pstats
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -41,6 +43,7 @@ from metacot.config import build  # noqa: E402
 from metacot.data.build import build_dataset  # noqa: E402
 from metacot.data.options import DataOptions  # noqa: E402
 from metacot.data.records import read_manifest, read_split  # noqa: E402
+from metacot.data.shards import json_record  # noqa: E402
 from metacot.data.tokenizer import TokenCounter, make_tokenizer  # noqa: E402
 
 HEADLINE = "countdown4:dfs_sos:sos"
@@ -88,6 +91,33 @@ def run_case(case: str, n: int, workers: int, extra: list[str]) -> dict:
     }
 
 
+def phases(case: str, n: int, extra: list[str]) -> None:
+    """CPU us/trace of each phase of a worker's loop (one process, process time around each call)."""
+    task, search, lin = engine(case, extra)
+    counter = TokenCounter(make_tokenizer(task, lin))
+    clock = time.process_time
+    start = clock()
+    problems = task.sample_problems("train", n, random.randrange(10**6))
+    spent = {"sample": clock() - start, "search": 0.0, "render+count": 0.0, "stats+record": 0.0}
+    for i, problem in enumerate(problems):
+        t0 = clock()
+        trace = search.run(task, problem, i)
+        t1 = clock()
+        prompt, completion, n_prompt, n_trace = lin.render_counted(task, problem, trace, counter)
+        t2 = clock()
+        json_record({"id": i, "prompt": prompt, "completion": completion, "problem": problem,
+                     "solved": trace.solved, "trace_tokens": n_trace, "prompt_tokens": n_prompt,
+                     "stats": trace.stats()})
+        t3 = clock()
+        spent["search"] += t1 - t0
+        spent["render+count"] += t2 - t1
+        spent["stats+record"] += t3 - t2
+    print(f"{case}: CPU us/trace by phase ({len(problems)} traces, 1 process, timer overhead included)")
+    for name, seconds in spent.items():
+        print(f"  {name:<14}{1e6 * seconds / max(1, len(problems)):8.1f}")
+    print(f"  {'total':<14}{1e6 * sum(spent.values()) / max(1, len(problems)):8.1f}")
+
+
 def profile(case: str, n: int, extra: list[str]) -> None:
     prof = cProfile.Profile()
     prof.enable()
@@ -104,10 +134,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=None, help="worker counts (default: 1 and all cores)")
     ap.add_argument("--cases", nargs="+", default=CASES, help="task:search:linearization cases")
     ap.add_argument("--profile", action="store_true", help="cProfile the first case with 1 worker")
+    ap.add_argument("--phases", action="store_true", help="CPU time per phase of the first case, 1 process")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for every case (e.g. search.max_expansions=500)")
     args = ap.parse_args()
     if args.profile:
         profile(args.cases[0], args.n, args.overrides)
+        return
+    if args.phases:
+        phases(args.cases[0], args.n, args.overrides)
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     worker_counts = args.workers or sorted({1, cores})

@@ -30,6 +30,7 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, in this order
 NEWLINE = "\n"
 PREFIX = "##"  # WordPiece continuation prefix
 NUMBER_MODES = ("words", "digits")
+FRAGMENT_CACHE = 1 << 18  # fragments count_within remembers (~25 MB); the cache restarts when full
 # Every non-newline character Python's str.split() treats as whitespace in ASCII text, so that
 # TokenCounter's split() agrees exactly with the tokenizer's pre-tokenizer.
 _SPACE = r"(?:[^\S\n]|[\x1c-\x1f])+"
@@ -122,6 +123,9 @@ class TokenCounter:
         if self.word_level:
             self._pieces: dict[str, int] = _PieceCache(self.backend)
             self._whole = self._pieces.vocab  # words that are one token each
+            self._whole_fragments: set[str] = set()  # texts seen made of whole words only (count_within)
+            self._keywords_checked: dict[tuple[str, ...], bool] = {}  # keyword tuples: all clean?
+            self._failures = self._pause = 0  # count_within: fallbacks in a row, calls left to skip
 
     def count(self, text: str) -> int:
         if self.word_level and text.isascii():
@@ -130,6 +134,43 @@ class TokenCounter:
                 return len(words) + text.count(NEWLINE)
             return sum(map(self._pieces.__getitem__, words)) + text.count(NEWLINE)
         return len(self.backend.encode(text, add_special_tokens=False).ids)
+
+    def count_within(self, text: str, fragments: Iterable[str], keywords: tuple[str, ...] = ()) -> int:
+        """`count(text)` for a text that is `fragments` and `keywords` joined by single spaces and
+        newlines (each used any number of times: a format passes the task texts it wrote, and its
+        keywords, a tuple checked once). When every fragment is printable ASCII made of whole
+        vocabulary words, single-spaced, the count is words + newlines: two C-level counts instead
+        of splitting ~1,600 words. Fragments are checked in bulk and remembered; when they keep
+        failing (numbers beyond the vocabulary), the check pauses for a while and `count` runs."""
+        if not self.word_level:
+            return self.count(text)
+        if keywords not in self._keywords_checked:
+            self._keywords_checked[keywords] = self._clean(keywords)
+        if self._pause or not self._keywords_checked[keywords]:
+            self._pause = max(0, self._pause - 1)
+            return self.count(text)
+        known = self._whole_fragments
+        new = [f for f in fragments if f not in known]
+        if new:
+            if not self._clean(new):
+                self._failures += 1
+                if self._failures >= 8:  # the fast path rarely applies here: stop trying for a while
+                    self._pause, self._failures = 256, 0
+                return self.count(text)
+            if len(known) + len(new) > FRAGMENT_CACHE:
+                known.clear()
+            known.update(new)
+        self._failures = 0
+        raw = text.encode("ascii")  # (ASCII: it is made of ASCII fragments)
+        return raw.count(b" ") + 2 * raw.count(b"\n") + 1 if raw else 0  # words = separators + 1
+
+    def _clean(self, fragments: list[str] | tuple[str, ...]) -> bool:
+        """Every fragment non-empty printable ASCII, single-spaced, each word one token."""
+        if not fragments:
+            return True
+        joined = " ".join(fragments)
+        words = joined.split(" ")  # an empty word: an empty fragment or odd spacing
+        return joined.isascii() and joined.isprintable() and all(words) and self._whole.issuperset(words)
 
     def count_batch(self, texts: list[str]) -> list[int]:
         if self.word_level:

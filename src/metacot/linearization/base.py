@@ -57,6 +57,14 @@ class Linearization(ABC):
         """(prompt, completion). The completion holds the search (if the format shows one) and
         the final answer; the tokenizer adds the end-of-sequence token."""
 
+    def render_counted(self, task: Task, problem: Problem, trace: SearchTrace,
+                       counter: Any) -> tuple[str, str, int, int]:
+        """`render` plus the token counts of prompt and completion under `counter` (a
+        `metacot.data.tokenizer.TokenCounter`), equal to `counter.count` of each text. Formats that
+        know which words they wrote override it to count without re-reading the text (datagen)."""
+        prompt, completion = self.render(task, problem, trace)
+        return prompt, completion, counter.count(prompt), counter.count(completion)
+
     @abstractmethod
     def parse(self, task: Task, problem: Problem, text: str) -> ParsedTrace:
         """Read a completion. Must not raise on any input."""

@@ -23,6 +23,8 @@ equal its state's (mazes) the step is written once: `explore 3,4`. SoS carries n
 
 from __future__ import annotations
 
+from typing import Any
+
 from metacot.linearization.base import ParsedTrace, ParseError
 from metacot.linearization.common import (
     ANSWER,
@@ -35,16 +37,24 @@ from metacot.linearization.common import (
     node_state,
     parse_step,
     read_answer,
-    step_text,
+    single_spaced,
 )
 from metacot.linearization.dropping import DualformerDropping
-from metacot.search.trace import BUDGET, DEAD_END, EXPAND, GENERATE, GOAL, TraceEvent
+from metacot.search.trace import BUDGET, DEAD_END, EXPAND, GENERATE, GOAL, SearchTrace, TraceEvent
 from metacot.tasks.base import Problem, Task
 
 HASH = "#"
 _VERDICT = {DEAD_END: "no solution", GOAL: "goal reached"}
 _KIND = {("no", "solution"): DEAD_END, ("goal", "reached"): GOAL}
 _NO_ID = "'explore' without a 'generated' line (or a bare verdict) after it"
+_spaced: dict[str, str] = {}  # action -> its single-spaced form (tasks reuse action strings)
+
+
+def _remember_spaced(action: str) -> str:
+    if len(_spaced) >= 1 << 16:
+        _spaced.clear()
+    out = _spaced[action] = single_spaced(action)
+    return out
 
 
 class SoSLinearization(TextLinearization):
@@ -59,40 +69,53 @@ class SoSLinearization(TextLinearization):
                       ANSWER, NONE, END, *(str(i) for i in range(max_children)))
         self._index_words = [f" {i}" for i in range(max_children)]  # path words, space-led
 
-    def trace_lines(self, task: Task, problem: Problem, events: list[TraceEvent], keep: list[bool],
-                    annotated: bool) -> list[str]:
-        refs: dict[int, str] = {}  # node -> its path id as written: "# 0 2 1"
-        states: dict[int, object] = {}
+    def render_counted(self, task: Task, problem: Problem, trace: SearchTrace,
+                       counter: Any) -> tuple[str, str, int, int]:
+        """`render` and both token counts. Every word of the completion is a keyword or a word of a
+        state text, action or answer line written, so `counter.count_within` gets those."""
+        if self.dropping is not None:  # a mode word first: the generic path
+            return super().render_counted(task, problem, trace, counter)
+        written: list[str] = []
+        lines = self.trace_lines(task, problem, trace.events, None, True, written)
+        answer = self.answer_lines(trace.solution)
+        written += answer
+        completion = "\n".join(lines + answer)
+        prompt = task.prompt_text(problem)
+        return prompt, completion, counter.count(prompt), counter.count_within(completion, written, self.words)
+
+    def trace_lines(self, task: Task, problem: Problem, events: list[TraceEvent], keep: list[bool] | None,
+                    annotated: bool, written: list[str] | None = None) -> list[str]:
+        """The lines of the events whose `keep` flag is set (None: all of them); `written`, when
+        given, receives the state texts and actions written."""
+        refs: dict[int | None, str] = {None: HASH}  # node -> its path id as written: "# 0 2 1"
         texts: dict[int, str] = {}  # node -> its state text, once written
+        hidden: dict[int, object] = {}  # node -> its state, when its GENERATE line was dropped
         children: dict[int | None, int] = {}  # node -> children generated (path indices)
         dropped: set[int | None] = set()  # nodes with a child left unwritten (readers count written ones)
-        index_words, state_text, verdict = self._index_words, task.state_text, _VERDICT
+        index_words, state_text, verdict, spaced = self._index_words, task.state_text, _VERDICT, _spaced
+        max_children, every = self.max_children, keep is None
         here = None  # the node of the last `move to` line: a bare verdict's parent
         lines: list[str] = []
         append = lines.append
-        skip = -1  # the verdict already written with its leaf
-        last = len(events) - 1
-        for j, (e, k) in enumerate(zip(events, keep, strict=True)):
+        actions: list[str] = []
+        j, n = 0, len(events)
+        while j < n:
+            e = events[j]
+            kept = every or keep[j]  # type: ignore[index]
+            j += 1
             kind, node = e.kind, e.node
-            if j == skip:
-                continue
             if kind == GENERATE:
                 parent = e.parent
-                i = children.get(parent, 0)
-                children[parent] = i + 1
-                if i >= self.max_children:
-                    raise ValueError(
-                        f"node {parent} has more than max_children={self.max_children} children; "
-                        "raise `linearization.max_children`"
-                    )
-                if parent is None:
-                    ref = refs[node] = HASH + index_words[i]
-                elif parent in refs:
-                    ref = refs[node] = refs[parent] + index_words[i]
-                else:
+                i = children[parent] = children.get(parent, -1) + 1
+                if i >= max_children:
+                    raise ValueError(f"node {parent} has more than max_children={max_children} children; "
+                                     "raise `linearization.max_children`")
+                ref = refs.get(parent)
+                if ref is None:
                     raise ValueError(f"node {node} is generated from node {parent}, never created")
-                states[node] = e.state
-                if not k:
+                ref = refs[node] = ref + index_words[i]
+                if not kept:
+                    hidden[node] = e.state
                     texts.pop(node, None)
                     dropped.add(parent)
                     continue
@@ -100,30 +123,38 @@ class SoSLinearization(TextLinearization):
                 if parent is None:
                     append(f"start {ref} : {st}")
                     continue
-                append("explore " + step_text(task, problem, e.action or "", e.state, st))
-                if j < last and parent == here and parent not in dropped:
-                    nxt = events[j + 1]
-                    if nxt.node == node and nxt.kind in verdict and keep[j + 1]:
-                        append(verdict[nxt.kind])
-                        skip = j + 1
+                action = e.action or ""
+                action = spaced.get(action) or _remember_spaced(action)
+                actions.append(action)
+                append(f"explore {action} {ARROW} {st}" if action != st else "explore " + action)
+                if parent == here and j < n and not (dropped and parent in dropped):
+                    nxt = events[j]
+                    if nxt.node == node and nxt.kind in verdict and (every or keep[j]):  # type: ignore[index]
+                        append(verdict[nxt.kind])  # the leaf's bare verdict: its id is implied
+                        j += 1
                         continue
                 append("generated " + ref)
-            elif kind == BUDGET:
-                if k:
-                    append("budget exhausted")
-            else:
-                state = node_state(states, e)
-                if not k:
-                    continue
-                if kind == EXPAND:
+            elif kind == EXPAND:
+                if node not in texts and node not in hidden:
+                    node_state({}, e)  # raises: no GENERATE created this node
+                if kept:
                     st = texts.get(node)
                     if st is None:
-                        st = texts[node] = state_text(problem, state)
+                        st = texts[node] = state_text(problem, hidden[node])
                     append("move to " + refs[node])
                     append("current state " + st)
                     here = node
-                else:
+            elif kind == BUDGET:
+                if kept:
+                    append("budget exhausted")
+            else:
+                if node not in texts and node not in hidden:
+                    node_state({}, e)
+                if kept:
                     append(f"{verdict[kind]} {refs[node]}")
+        if written is not None:
+            written += texts.values()
+            written += actions
         return lines
 
     def read(self, task: Task, problem: Problem, lines: list[Line], parsed: ParsedTrace) -> None:

@@ -27,7 +27,16 @@ import random
 from operator import itemgetter
 
 from metacot.search.base import SearchAlgorithm
-from metacot.search.trace import BUDGET, DEAD_END, EXPAND, GENERATE, GOAL, SearchTrace, TraceEvent
+from metacot.search.trace import (
+    BUDGET,
+    DEAD_END,
+    EXPAND,
+    GENERATE,
+    GOAL,
+    SearchTrace,
+    TraceEvent,
+    shared_events,
+)
 from metacot.tasks.base import Problem, Task
 
 _first = itemgetter(0)
@@ -88,26 +97,28 @@ class DFSSearch(SearchAlgorithm):
             return kids
 
         root = task.initial_state(problem)
+        moved, dead = shared_events(EXPAND), shared_events(DEAD_END)  # immutable, shared by all traces
+        shared = len(moved)
         events = [TraceEvent(GENERATE, 0, None, root, None, 0.0, task.heuristic(problem, root))]
+        append = events.append
         num_nodes, expanded, max_frontier, pending = 1, 0, 0, 0
+        moves_back = deepest = 0  # for the stats, counted here instead of in a second pass
         stack: list = []  # the current path: (node, state, g, depth, untried kids, action)
         solution = None
-        meta: dict = {}
         if is_goal(problem, root):
             solution = []
-            events.append(TraceEvent(GOAL, 0))
+            append(TraceEvent(GOAL, 0))
         else:
             seen.add(root)
             kids = children(scored(problem, root, max_h)) if max_depth > 0 else ()
             if kids:
-                events.append(TraceEvent(EXPAND, 0))
+                append(TraceEvent(EXPAND, 0))
                 expanded = 1
                 stack.append((0, root, 0.0, 0, iter(kids), None))
                 pending = max_frontier = len(kids)
             else:
-                events.append(TraceEvent(DEAD_END, 0))
+                append(TraceEvent(DEAD_END, 0))
         last = 0  # the node the search stands on
-        append = events.append
         while stack:
             node, _, g, depth, untried, _ = stack[-1]
             deeper = depth + 1 < max_depth
@@ -118,11 +129,15 @@ class DFSSearch(SearchAlgorithm):
                         continue
                     seen.add(state)
                 if last != node:  # a subtree failed: move back to this node first
-                    append(TraceEvent(EXPAND, node))
+                    append(moved[node] if node < shared else TraceEvent(EXPAND, node))
+                    moves_back += 1
                     last = node
                 child = num_nodes
                 num_nodes += 1
-                append(TraceEvent(GENERATE, child, node, state, action, g + cost, h))
+                cg = g + cost
+                append(TraceEvent(GENERATE, child, node, state, action, cg, h))
+                if depth >= deepest:
+                    deepest = depth + 1
                 if is_goal(problem, state):
                     solution = [f[5] for f in stack[1:]]
                     solution.append(action)
@@ -137,16 +152,16 @@ class DFSSearch(SearchAlgorithm):
                     if not grandkids and not closed:
                         seen.discard(state)
                 if not grandkids:
-                    append(TraceEvent(DEAD_END, child))
+                    append(dead[child] if child < shared else TraceEvent(DEAD_END, child))
                     continue
                 if expanded >= max_expansions:
                     append(TraceEvent(BUDGET, -1))
                     stack.clear()
                     break
-                append(TraceEvent(EXPAND, child))
+                append(moved[child] if child < shared else TraceEvent(EXPAND, child))
                 expanded += 1
                 last = child
-                stack.append((child, state, g + cost, depth + 1, iter(grandkids), action))
+                stack.append((child, state, cg, depth + 1, iter(grandkids), action))
                 pending += len(grandkids)
                 if pending > max_frontier:
                     max_frontier = pending
@@ -155,10 +170,13 @@ class DFSSearch(SearchAlgorithm):
                 state = stack.pop()[1]
                 if not closed:
                     seen.discard(state)
-        if solution is None and events[-1].kind != BUDGET:
-            meta["exhausted"] = True
-        return SearchTrace(
+        meta = {} if solution is not None or events[-1].kind == BUDGET else {"exhausted": True}
+        trace = SearchTrace(
             task=task.name, algorithm=self.name, problem=problem, events=events,
             solution=solution, solved=solution is not None,
             nodes_expanded=expanded, max_frontier=max_frontier, meta=meta,
         )
+        # Every move back is a backtrack (the node expanded before it lies in the failed subtree).
+        trace.remember_stats({"nodes": num_nodes, "expansions": expanded + moves_back,
+                              "backtracks": moves_back, "max_depth": deepest})
+        return trace

@@ -3,7 +3,9 @@
 Every search algorithm emits a `SearchTrace`; every linearization renders one. Keeping one IR is
 what lets "MCTS traces vs A* traces in the same format" be a clean experiment.
 
-Events are small slotted objects (not dicts) because datagen builds millions of them per minute.
+Events are small slotted objects (not dicts) because datagen builds millions of them per minute;
+the kind-and-node-only ones (EXPAND, DEAD_END) can be shared immutable objects (`shared_events`),
+and a search that counts its own stats while it runs hands them over (`remember_stats`).
 States are whatever the task uses (hashable, JSON-able after `Task.state_to_json`).
 """
 
@@ -24,10 +26,13 @@ BUDGET = "budget"  # the expansion budget ran out; the search gave up
 EVENT_KINDS = (GENERATE, EXPAND, DEAD_END, GOAL, BUDGET)
 
 
+_FIELDS = ("kind", "node", "parent", "state", "action", "g", "h", "value")
+
+
 class TraceEvent:
     """One step of a search. `node` ids are integers in creation order; the root is 0."""
 
-    __slots__ = ("kind", "node", "parent", "state", "action", "g", "h", "value")
+    __slots__ = _FIELDS
 
     def __init__(
         self,
@@ -67,12 +72,50 @@ class TraceEvent:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TraceEvent) and all(
-            getattr(self, k) == getattr(other, k) for k in self.__slots__
+            getattr(self, k) == getattr(other, k) for k in _FIELDS
         )
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if getattr(self, k) is not None)
+        inner = ", ".join(f"{k}={getattr(self, k)!r}" for k in _FIELDS if getattr(self, k) is not None)
         return f"TraceEvent({inner})"
+
+
+class _SharedEvent(TraceEvent):
+    """An event that holds a kind and a node only (EXPAND, DEAD_END, GOAL). Immutable, so one
+    object per (kind, node) serves every trace: a DFS trace is ~60% such events (`shared_events`)."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"shared {self.kind} events are immutable; build a TraceEvent to change one")
+
+    def __reduce__(self) -> tuple:
+        return shared_event, (self.kind, self.node)
+
+
+SHARED_NODES = 4096  # nodes 0 .. SHARED_NODES - 1 have shared events (~1 MB for all kinds)
+_SHARED: dict[str, list[TraceEvent]] = {}
+
+
+def shared_events(kind: str) -> list[TraceEvent]:
+    """`TraceEvent(kind, node)` for node = 0 .. SHARED_NODES - 1, as shared immutable objects
+    (indexing this list is ~4x cheaper than building an event)."""
+    out = _SHARED.get(kind)
+    if out is None:
+        out = _SHARED[kind] = []
+        for node in range(SHARED_NODES):
+            e = object.__new__(_SharedEvent)
+            for k in _FIELDS:
+                object.__setattr__(e, k, None)
+            object.__setattr__(e, "kind", kind)
+            object.__setattr__(e, "node", node)
+            out.append(e)
+    return out
+
+
+def shared_event(kind: str, node: int) -> TraceEvent:
+    """`TraceEvent(kind, node)`, shared when the node has one."""
+    return shared_events(kind)[node] if 0 <= node < SHARED_NODES else TraceEvent(kind, node)
 
 
 @dataclass
@@ -101,7 +144,16 @@ class SearchTrace:
         return sum(1 for e in self.events if e.kind == GENERATE)
 
     def stats(self) -> dict[str, Any]:
+        """`search_stats(events)`, or what the search counted while running (`remember_stats`)."""
+        known = self.__dict__.get("_stats")
+        if known is not None and known[0] is self.events and known[1] == len(self.events):
+            return dict(known[2])
         return search_stats(self.events)
+
+    def remember_stats(self, stats: dict[str, Any]) -> None:
+        """Let a search that counted `search_stats` while it ran spare `stats()` its pass over the
+        events (forgotten when `events` is replaced or changes length)."""
+        self._stats = (self.events, len(self.events), stats)
 
     # --- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

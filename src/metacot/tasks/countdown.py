@@ -21,19 +21,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, insort
 from functools import lru_cache
 
 import numpy as np
 
 from metacot.tasks.base import SPLITS, Problem, State, Successor, Task
-from metacot.tasks.countdown_solver import max_exact_value, reachable, solve, value_bound
+from metacot.tasks.countdown_solver import max_exact_value, reachable, scored_children, solve, value_bound
 
 ROUND = 1024  # attempts drawn per round; fixed, so a larger n extends a smaller n's sample
 PATIENCE = 20  # rounds in a row that bring nothing new => the split's space is exhausted
 MAX_DRAWS = 20_000  # per target: no solvable tuple in this many draws => the config is wrong
 KEYWORDS = ["target", "numbers", "+", "-", "*", "/", "="]
 ALPHABET_CAP = 10_000  # larger numbers are left to the tokenizer (digits)
+TEXT_CACHE = 1 << 16  # state texts remembered (a few MB); the cache restarts when full
+_TEXTS: dict[tuple, str] = {}
 
 
 def sum_heuristic(numbers: tuple[int, ...], target: int) -> float:
@@ -64,7 +66,7 @@ def mult_heuristic(numbers: tuple[int, ...], target: int) -> float:
 
 HEURISTICS = {"sum": sum_heuristic, "mult": mult_heuristic}
 # Both heuristics add one term per number; sum then takes the mean (`scored_successors` fuses them).
-_TERMS = {"sum": (lambda x, target: abs(x - target), True), "mult": (_factor_distance, False)}
+_TERMS = {"sum": None, "mult": _factor_distance}  # None: the inlined |x - target| mean
 
 
 @lru_cache(maxsize=65_536)
@@ -122,7 +124,7 @@ class CountdownTask(Task):
         self.split_seed = split_seed
         self.heuristic_name = heuristic
         self._h = HEURISTICS[heuristic]
-        self._term, self._mean = _TERMS[heuristic]
+        self._term = _TERMS[heuristic]
         targets = np.random.default_rng(split_seed).permutation(np.arange(min_target, max_target + 1))
         k = round(holdout_fraction * len(targets))
         if holdout_fraction > 0:
@@ -244,41 +246,11 @@ class CountdownTask(Task):
 
     def scored_successors(self, problem: Problem, state: State,
                           max_h: float = math.inf) -> list[tuple[float, str, State, float]]:
-        """`successors` with their heuristic in one loop (the DFS datagen hot path). Both heuristics
-        add one term per number, so a child's is its pair's rest plus the new number's term;
-        children over `max_h` are not built."""
-        n = len(state)
-        if n < 2:
+        """`successors` with their heuristic in one loop that builds no `Successor` objects and
+        leaves out children over `max_h` (the DFS datagen hot path; see `scored_children`)."""
+        if len(state) < 2:
             return []
-        target, term = problem["target"], self._term
-        div = n - 1 if self._mean else 1  # sum: the mean over the child's n - 1 numbers
-        out = []
-        pairs = set()
-        for i in range(n - 1):
-            b = state[i]
-            for j in range(i + 1, n):
-                a = state[j]
-                if n > 2:  # equal pairs give equal children: the first one stands for all
-                    if (b, a) in pairs:
-                        continue
-                    pairs.add((b, a))
-                rest = state[:i] + state[i + 1 : j] + state[j + 1 :]
-                base = 0
-                for x in rest:
-                    base += term(x, target)
-                results = [("+", a + b), ("-", a - b), ("*", a * b)]
-                if b != 0 and a % b == 0:
-                    results.append(("/", a // b))
-                for op, c in results:
-                    h = (base + term(c, target)) / div
-                    if h <= max_h:
-                        if rest:
-                            k = bisect_right(rest, c)
-                            child = rest[:k] + (c,) + rest[k:]
-                        else:
-                            child = (c,)
-                        out.append((h, f"{a} {op} {b} = {c}", child, 1.0))
-        return out
+        return scored_children(state, problem["target"], max_h, self._term)
 
     def apply(self, problem: Problem, state: State, action: str) -> State | None:
         """Parse "a op b = c" directly (no successor enumeration). + and * also accept the
@@ -353,7 +325,15 @@ class CountdownTask(Task):
         return f"target {problem['target']} numbers {' '.join(map(str, problem['numbers']))}"
 
     def state_text(self, problem: Problem, state: State) -> str:
-        return " ".join(map(str, state))
+        try:
+            text = _TEXTS.get(state)  # states recur across problems: remember their texts
+        except TypeError:  # an unhashable state (a list)
+            return " ".join(map(str, state))
+        if text is None:
+            if len(_TEXTS) >= TEXT_CACHE:
+                _TEXTS.clear()
+            text = _TEXTS[state] = " ".join(map(str, state))
+        return text
 
     def parse_state(self, problem: Problem, text: str) -> State | None:
         try:
