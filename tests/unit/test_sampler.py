@@ -339,3 +339,20 @@ def test_fast_path_only_for_llama(model, monkeypatch):
     assert out.tokens == [reference_greedy(model, p, 5, EOS)[0] for p in PROMPTS]
     if not is_llama:  # GPT-2 falls back to the generic path even when the fast path is asked for
         assert Sampler(model, EOS, PAD).generate(PROMPTS, max_new_tokens=5) == out
+
+
+def test_buffer_layer_crop_matches_dynamic_layer():
+    from transformers.cache_utils import DynamicLayer
+
+    from metacot.generation.cache import BufferLayer
+
+    k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    ours, ref = BufferLayer(capacity=8), DynamicLayer()
+    for layer in (ours, ref):
+        layer.update(k, v)
+        layer.crop(-2)
+    assert ours.get_seq_length() == 3 and torch.equal(ours.keys, ref.keys) and torch.equal(ours.values, ref.values)
+    ours.update(k[:, :, :1], v[:, :, :1])  # appends after the cropped length
+    assert torch.equal(ours.keys[:, :, 3], k[:, :, 0])
+    with pytest.raises(ValueError, match="negative"):
+        ours.crop(2)

@@ -56,7 +56,14 @@ class BufferLayer(DynamicLayer):
         self.values = self.value_buffer[:, :, : self.length]
 
     def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("BufferLayer is append-only (used for sampling)")
+        """Drop the last `-tokens_to_remove` tokens (Hugging Face's convention: a negative count)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes a negative number of tokens to remove, got {tokens_to_remove}")
+        if tokens_to_remove == 0 or not self.is_initialized:
+            return
+        self.length = max(0, self.length + tokens_to_remove)
+        self.keys = self.key_buffer[:, :, : self.length]
+        self.values = self.value_buffer[:, :, : self.length]
 
 
 def make_cache(model: PreTrainedModel, capacity: int) -> DynamicCache:
