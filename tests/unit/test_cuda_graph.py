@@ -15,6 +15,7 @@ from metacot.generation.cache import make_cache
 from metacot.generation.cuda_graph import GraphDecoder, bucket, compute_dtype, span_for
 from metacot.generation.static_decode import StaticLlama
 from metacot.models import GPT2Factory, LlamaFactory
+from tests.unit.test_sampler import reference_greedy
 
 PAD, EOS = 0, 2
 PROMPTS = [[1, 5, 9], [1, 7], [1, 12, 30, 8, 44, 9, 3, 17, 25], [1], [1, 40, 41, 42, 43, 6], [1, 9, 9, 9]] * 3
@@ -52,18 +53,6 @@ def small_buckets(monkeypatch):
 @pytest.fixture(scope="module")
 def model():
     return llama()
-
-
-def reference_greedy(model, prompt, steps, eos):
-    """One full no-cache forward per new token: the obviously-correct decoder."""
-    seq = list(prompt)
-    with torch.no_grad():
-        for _ in range(steps):
-            nxt = int(model(torch.tensor([seq])).logits[0, -1].argmax())
-            if nxt == eos:
-                return seq[len(prompt) :], True
-            seq.append(nxt)
-    return seq[len(prompt) :], False
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from metacot.generation import Sampler, llama_decode
 from metacot.generation.llama_decode import LlamaDecoder, LlamaWeights
 from metacot.models import LlamaFactory
+from tests.unit.test_sampler import reference_greedy
 
 PAD, EOS = 0, 2
 PROMPTS = [
@@ -73,18 +74,6 @@ def hf_generate(model, prompts, steps):
         row + [PAD] * (steps - len(row)) for row in out[:, width:].tolist()
     ]  # generate stops when all rows did
     return [(row[: row.index(EOS)], True) if EOS in row else (row, False) for row in rows]
-
-
-def reference_greedy(model, prompt, steps, eos):
-    """One full no-cache forward per new token: the obviously-correct decoder."""
-    seq = list(prompt)
-    with torch.no_grad():
-        for _ in range(steps):
-            nxt = int(model(torch.tensor([seq])).logits[0, -1].argmax())
-            if nxt == eos:
-                return seq[len(prompt) :], True
-            seq.append(nxt)
-    return seq[len(prompt) :], False
 
 
 def fast_sampler(model, monkeypatch, **kwargs) -> tuple[Sampler, list]:
