@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import statistics
 import time
 import traceback
@@ -93,6 +94,13 @@ def main() -> None:
     ap.add_argument(
         "--quick", action="store_true", help="CUDA: small only, batch 64, 64 new tokens, 1 repeat"
     )
+    ap.add_argument("--json", help="CUDA: also write the table's rows to this JSON file")
+    ap.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="CUDA: skip the profiler run (GPU kernel time per decode step)",
+    )
     ap.add_argument(
         "--threads",
         type=int,
@@ -123,8 +131,19 @@ def main() -> None:
                 traceback.print_exc()
                 rows.append({"model": name, "batch": batch, "error": True})
             torch.cuda.empty_cache()
-    if gpu and not summarize(rows):
-        raise SystemExit(1)  # a case failed or the bar was missed
+    if gpu:
+        ok = summarize(rows)
+        if args.json:
+            meta = {
+                "device": torch.cuda.get_device_name(device),
+                "torch": torch.__version__,
+                "dtype": args.dtype,
+                "new_tokens": args.new_tokens,
+                "prompt_len": args.prompt_len,
+            }
+            Path(args.json).write_text(json.dumps({**meta, "bar": BAR, "rows": rows}, indent=1))
+        if not ok:
+            raise SystemExit(1)  # a case failed or the bar was missed
 
 
 def build(args, name: str, batch: int, device: torch.device):

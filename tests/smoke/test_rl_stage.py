@@ -104,6 +104,9 @@ def test_rl_stage_trains_logs_checkpoints_and_resumes(tmp_path, monkeypatch):
     assert metrics["before"]["val"]["num_problems"] == 2 and "pass@2" in metrics["after"]["val"]
     assert [h["step"] for h in metrics["history"]] == [0, 2]
     assert (Path(cfg.paths.run_dir) / "metrics.json").is_file()
+    split = metrics["time_split"]  # median s per step and shares of rollout / log-probs / update
+    assert split["steps"] == 2 and min(split["rollout_s"], split["logprob_s"], split["update_s"]) > 0
+    assert sum(split[f"{k}_share"] for k in ("rollout", "logprob", "update")) == pytest.approx(1.0)
 
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["metacot_rl"]["rl_step"] == 2 and ckpt["global_step"] == 2

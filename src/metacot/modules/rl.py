@@ -132,6 +132,7 @@ class RLModule(L.LightningModule):
         self._stepped = False
         self._last_grad_norm = torch.zeros(())
         self._t_start: float | None = None
+        self.step_times: list[tuple[float, float, float]] = []  # (rollout, log-probs, update) s, this process's steps
 
     # --- plumbing ------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -221,6 +222,7 @@ class RLModule(L.LightningModule):
         self.rl_step += 1
         self._stepped = True
         stats = self.log_scalars(stats, policy)
+        self.step_times.append(tuple(stats.get(f"time/{k}_s", 0.0) for k in ("rollout", "logprob", "update")))
         log.info("RL step %d/%d: reward %.3f, solve %.3f, zero-var groups %.2f, len %.0f, %.1fs",
                  self.rl_step, o.steps, stats["reward/mean"], stats["rollout/solve_rate"],
                  stats["rollout/zero_variance_frac"], stats["response/len_mean"], time.perf_counter() - t0)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -103,6 +104,7 @@ class RLStage(Stage):
             for path in (out_dir / "metrics.json", Path(cfg.paths.run_dir) / "metrics.json"):
                 path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
             print(f"\nRL ({objective.name}, reward {reward.name}) from {source}\n{summary['table']}\n"
+                  f"{format_time_split(summary['time_split'])}\n"
                   f"(model: {hf_dir}, metrics: {out_dir / 'metrics.json'})", flush=True)
         return summary
 
@@ -199,8 +201,27 @@ def summarize_run(module: RLModule, out_dir: Path, hf_dir: Path, source: str, wa
         "hf_dir": str(hf_dir),
         "last_ckpt": str(out_dir / "checkpoints" / "last.ckpt"),
         "wall_s": wall_s,
+        "time_split": time_split(module.step_times),
         "objective": val.get("solve_rate"),
     }
+
+
+def time_split(step_times: list[tuple[float, float, float]]) -> dict[str, float] | None:
+    """Median seconds per RL step of rollout / log-probs / update, and each one's share of their sum."""
+    if not step_times:
+        return None
+    med = dict(zip(("rollout", "logprob", "update"), (statistics.median(c) for c in zip(*step_times, strict=True)), strict=True))
+    total = sum(med.values()) or 1.0
+    return {"steps": len(step_times), **{f"{k}_s": v for k, v in med.items()},
+            **{f"{k}_share": v / total for k, v in med.items()}}
+
+
+def format_time_split(split: dict[str, float] | None) -> str:
+    if not split:
+        return "RL step time: no steps ran in this process"
+    parts = [f"{label} {split[k + '_s']:.3f} s ({100 * split[k + '_share']:.1f}%)"
+             for k, label in (("rollout", "rollout"), ("logprob", "log-probs"), ("update", "update"))]
+    return f"RL step time (median of {split['steps']} steps): " + ", ".join(parts)
 
 
 def _sft_overrides() -> str:
