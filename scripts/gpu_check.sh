@@ -127,7 +127,7 @@ wait
 # --- phase 2: timing, one at a time --------------------------------------------------------------
 step bench_generation 170 40 "$PY" scripts/bench_generation.py --device cuda --json "$OUT/bench_generation.json"
 step bench_train 170 30 "$PY" scripts/bench_train.py --device cuda --model base --seq 1024 --compile both \
-  --steps 10 --warmup 3 --repeats 2 --json "$OUT/bench_train.json"
+  --steps 10 --warmup 5 --repeats 3 --json "$OUT/bench_train.json"
 # RL on one GPU at the GPU experiments' rollout size (conf/experiment/*_gpu.yaml: 64 prompts per step,
 # micro-batch 128) from the smoke SFT model: rollouts through the CUDA-graph sampler, and the split
 export METACOT_ROOT=$ROOT

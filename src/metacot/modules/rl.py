@@ -29,6 +29,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -169,7 +170,13 @@ class RLModule(L.LightningModule):
             loss.backward()
 
     def _no_sync(self) -> AbstractContextManager:
-        block = getattr(self._trainer.strategy, "block_backward_sync", None) if self._trainer else None
+        """Skip the gradient all-reduce of a micro-batch that is not the last (DDP). Under FSDP every
+        micro-batch reduce-scatters instead: FSDP's `no_sync` may only be entered outside the root's
+        forward, and a whole RL step runs inside it (the root wraps the LightningModule)."""
+        strategy = self._trainer.strategy if self._trainer else None
+        if strategy is None or isinstance(strategy, FSDPStrategy):
+            return nullcontext()
+        block = getattr(strategy, "block_backward_sync", None)
         return block() if block is not None else nullcontext()
 
     def _root(self) -> nn.Module:
