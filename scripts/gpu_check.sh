@@ -73,7 +73,7 @@ step() {  # step <name> <timeout s> <log lines shown> <command...>: run it with 
   rc=$?
   ((rc == 124 || rc == 137)) && status=TIMEOUT
   ((rc != 0 && rc != 124 && rc != 137)) && status=FAIL
-  detail=$(grep -E "BAR|passed|failed|[0-9] skipped|Error|ratio|MFU|rollout" "$log" | tail -n 1 | tr '|' '/' | cut -c1-200)
+  detail=$(grep -E "BAR|passed|failed|[0-9] skipped|Error|ratio|MFU|rollout|resuming from" "$log" | tail -n 1 | tr '|' '/' | cut -c1-200)
   row "$name" "$status | $rc | $((SECONDS - t0)) | ${detail:-see $name.log}"
   [[ $status == PASS ]] || lines=$((lines > 25 ? lines : 25))
   ((lines)) && tail -n "$lines" "$log" | cut -c1-300
@@ -121,6 +121,9 @@ step pytest_fsdp 240 0 "$PY" -m pytest -m gpu tests/gpu/test_fsdp.py -q -rA -p n
   step sft_gpu 150 0 "$PY" train.py stage=sft trainer=gpu "${SMOKE[@]}" hydra.run.dir="$WORK/runs/sft_gpu"
   step rl_fsdp 150 0 "$PY" train.py "${RL[@]}" rl.steps=${RL_STEPS:-3} trainer=fsdp "${SMOKE[@]}" \
     hydra.run.dir="$WORK/runs/rl_fsdp"
+  # the same run, 2 steps longer: resumes from its sharded last.ckpt
+  step rl_fsdp_resume 150 0 "$PY" train.py "${RL[@]}" rl.steps=$((${RL_STEPS:-3} + 2)) trainer=fsdp "${SMOKE[@]}" \
+    hydra.run.dir="$WORK/runs/rl_fsdp_resume"
 ) &
 wait
 

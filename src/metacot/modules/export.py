@@ -26,7 +26,7 @@ def _full_fsdp_state(root: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
     with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
         state = root.state_dict()
-    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
 
 
 def export_hf(trainer: L.Trainer, pl_module: L.LightningModule, tokenizer: Any, out_dir: str | Path) -> Path:
@@ -37,8 +37,13 @@ def export_hf(trainer: L.Trainer, pl_module: L.LightningModule, tokenizer: Any, 
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         if state is not None:  # rebuild an unwrapped copy: FSDP renamed the modules it wrapped
-            with torch.device("meta"):
-                model = type(model)(model.config)
+            cls = (
+                type(getattr(model, "module", model))
+                if type(model).__name__ == "FullyShardedDataParallel"
+                else type(model)
+            )
+            with torch.device("meta"):  # (RL wraps the whole policy as one FSDP unit: its class is FSDP's)
+                model = cls(model.config)
             missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
             model.tie_weights()
             missing = [k for k in missing if k not in _tied_names(model)]

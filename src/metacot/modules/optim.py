@@ -4,12 +4,15 @@ Clipping is done by hand in `on_before_optimizer_step` (see `clip_gradients`), n
 Lightning's `gradient_clip_val`: Lightning 2.6 refuses its own clipping with a fused AdamW under
 bf16-mixed, and norm clipping under its FSDP precision plugin. Clipping by hand works with both,
 so the fused AdamW (faster on GPU) is always allowed; under FSDP the wrapped root's own
-`clip_grad_norm_` computes the norm over all shards.
+`clip_grad_norm_` computes the norm over all shards (also from inside the root's forward, where an
+RL step runs: `fsdp_idle`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -60,13 +63,36 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=use_fused or None)
 
 
+@contextmanager
+def fsdp_idle(root: nn.Module) -> Iterator[None]:
+    """Let FSDP's root-only calls (`clip_grad_norm_`) run inside the root's own forward.
+
+    Lightning's FSDP root wraps the LightningModule, so a manual-optimization step (RL: rollouts,
+    several backward passes and optimizer steps in one `training_step`) runs inside the root's
+    forward, where the root's state is FORWARD_BACKWARD and `clip_grad_norm_` refuses to run.
+    Clipping only reads and scales the sharded gradients, so it is marked IDLE for that call and
+    restored after. Outside a forward (SFT: automatic optimization) this changes nothing."""
+    from torch.distributed.fsdp._common_utils import TrainingState
+
+    state = getattr(root, "training_state", None)
+    if state is not TrainingState.FORWARD_BACKWARD:
+        yield
+        return
+    root.training_state = TrainingState.IDLE
+    try:
+        yield
+    finally:
+        root.training_state = state
+
+
 def clip_gradients(root: nn.Module, params: Any, max_norm: float | None) -> torch.Tensor:
     """Clip to `max_norm` (None or <= 0: measure only) and return the total norm, with no host
     sync. `root` is the strategy's wrapped model: FSDP's root has its own `clip_grad_norm_`."""
     limit = float(max_norm) if max_norm and max_norm > 0 else math.inf
     fsdp_clip = getattr(root, "clip_grad_norm_", None)
     if fsdp_clip is not None:
-        return fsdp_clip(limit)
+        with fsdp_idle(root):
+            return fsdp_clip(limit)
     params = [p for p in params if p.grad is not None]
     if not params:
         return torch.zeros(())
