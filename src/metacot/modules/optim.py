@@ -11,12 +11,12 @@ RL step runs: `fsdp_idle`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+
+from metacot.modules.fsdp import fsdp_idle
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
@@ -61,28 +61,6 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
     on_gpu = any(p.is_cuda for g in groups for p in g["params"])
     use_fused = on_gpu if fused is None else (fused and on_gpu)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=use_fused or None)
-
-
-@contextmanager
-def fsdp_idle(root: nn.Module) -> Iterator[None]:
-    """Let FSDP's root-only calls (`clip_grad_norm_`) run inside the root's own forward.
-
-    Lightning's FSDP root wraps the LightningModule, so a manual-optimization step (RL: rollouts,
-    several backward passes and optimizer steps in one `training_step`) runs inside the root's
-    forward, where the root's state is FORWARD_BACKWARD and `clip_grad_norm_` refuses to run.
-    Clipping only reads and scales the sharded gradients, so it is marked IDLE for that call and
-    restored after. Outside a forward (SFT: automatic optimization) this changes nothing."""
-    from torch.distributed.fsdp._common_utils import TrainingState
-
-    state = getattr(root, "training_state", None)
-    if state is not TrainingState.FORWARD_BACKWARD:
-        yield
-        return
-    root.training_state = TrainingState.IDLE
-    try:
-        yield
-    finally:
-        root.training_state = state
 
 
 def clip_gradients(root: nn.Module, params: Any, max_norm: float | None) -> torch.Tensor:

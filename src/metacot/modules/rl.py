@@ -33,6 +33,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from metacot.modules.fsdp import finish_backward
 from metacot.modules.optim import WarmupCosine, build_optimizer, clip_gradients
 from metacot.rl.objectives.base import LossNorm
 from metacot.rl.rollout import Rollout, RolloutCollector, step_seed, summarize
@@ -166,6 +167,7 @@ class RLModule(L.LightningModule):
     def _backward(self, loss: Tensor) -> None:
         if self._trainer is not None:
             self.manual_backward(loss)
+            finish_backward(self._trainer.strategy.model)  # FSDP: see metacot.modules.fsdp
         else:
             loss.backward()
 

@@ -67,6 +67,11 @@ class FSDPTrainerFactory(TrainerFactory):
         self.wrap = list(wrap) if wrap else None
         self.activation_checkpointing = activation_checkpointing
         self.cpu_offload = cpu_offload
+        # Keep parameters fp32 inside FSDP (bf16 compute still comes from autocast), as under
+        # trainer=gpu. Lightning's bf16-mixed for FSDP also casts the parameters to bf16; the RL
+        # stage sets this so its log-prob ratios and updates compute as on one GPU (and equal a
+        # plain process to 1e-6 in tests/slow/test_rl_fsdp_cpu.py). Costs fp32 all-gathers.
+        self.full_precision_params = False
 
     def layer_classes(self, model: torch.nn.Module) -> set[type]:
         names = set(self.wrap or getattr(model, "_no_split_modules", None) or [])
@@ -91,4 +96,12 @@ class FSDPTrainerFactory(TrainerFactory):
             state_dict_type=self.state_dict_type,
             cpu_offload=self.cpu_offload,
             use_orig_params=True,
+            **({"mixed_precision": fp32_params()} if self.full_precision_params else {}),
         )
+
+
+def fp32_params() -> Any:
+    """FSDP mixed precision that keeps parameters, gradient reduction and buffers in fp32."""
+    from torch.distributed.fsdp import MixedPrecision
+
+    return MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32, buffer_dtype=torch.float32)

@@ -77,8 +77,9 @@ class RLStage(Stage):
         stop = StopAndSave(ckpt_dir)
         logger = build(cfg.logger, save_dir=str(cfg.paths.run_dir))
         factory = build(cfg.trainer)
-        if hasattr(factory, "layer_classes"):  # FSDP: see fsdp_wrap
+        if hasattr(factory, "layer_classes"):  # FSDP: see fsdp_wrap and full_precision_params
             factory.wrap = fsdp_wrap(factory, policy)
+            factory.full_precision_params = True
         trainer = factory.build(policy, max_steps=-1, max_epochs=-1, callbacks=[stop], logger=logger,
                                 default_root_dir=str(out_dir), log_every_n_steps=1, enable_checkpointing=False)
         log.info("rl: %s from %s, G=%d, %d prompts/step/rank, %d steps, max %d new tokens, reward %r%s",
