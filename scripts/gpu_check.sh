@@ -107,10 +107,11 @@ step env 60 6 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version -
 SMOKE=(task=maze task.size=5 search=astar linearization=compact model=tiny data.train=256 data.val=16
   data.test_unseen=16 data.workers=2 data.max_tokens=512 trainer.enable_progress_bar=false trainer.devices=1
   eval.n_problems=8 eval.max_new_tokens=128 eval.num_samples=2 eval.batch_size=16
-  sft.max_steps=${SFT_STEPS:-30} sft.warmup_steps=3 sft.val_every_steps=15 sft.batch_tokens=16384
+  sft.max_steps=${SFT_STEPS:-150} sft.warmup_steps=3 sft.val_every_steps=15 sft.batch_tokens=16384
   sft.solve_rate_problems=8 sft.solve_rate_max_new_tokens=128 sft.log_every_n_steps=5 sft.ckpt_every_steps=15)
 RL=(stage=rl rl.prompts_per_step=8 rl.max_new_tokens=128 rl.micro_batch_size=16 rl.eval_every=0 rl.table_every=1)
 ROOT="$WORK/smoke_root"  # METACOT_ROOT of the smoke runs (sft.* is in the experiment key: same values throughout)
+# (150 SFT steps: ~75% sampled solve rate, so RL groups have reward variance; 30 steps solve nothing)
 
 step pytest_sampler 200 0 "$PY" -m pytest -m gpu tests/gpu -q -rA -p no:cacheprovider \
   --ignore=tests/gpu/test_fsdp.py --junitxml="$WORK/pytest_sampler.xml" &
