@@ -30,24 +30,11 @@ SCRIPT = textwrap.dedent('''
     import torch
     from metacot.modules.rl import RLModule, RLOptions
     from metacot.rl.objectives import DAPOObjective, GRPOObjective
-    from tests.unit.test_rl_module import Out, collector, tiny_model, tiny_tokenizer
+    from tests.unit.test_rl_module import ByPrompt, collector, tiny_model, tiny_tokenizer
 
     torch.set_num_threads(1)
     out, world, algo = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     records = [{"id": i, "prompt": " ".join(["q"] * (i + 1)), "problem": {}} for i in range(8)]
-
-    class ByPrompt:
-        """Completions that depend on the prompt only (not on the rank's sampler seed)."""
-        def __init__(self, model):
-            pass
-        def generate(self, prompts, max_new_tokens, num_samples=1, **kwargs):
-            tokens, finished = [], []
-            for p in prompts:
-                for j in range(num_samples):
-                    k = len(p) + j
-                    tokens.append([4 if k % 3 == 0 else 5] + [6] * (k % 2))
-                    finished.append(k % 4 != 0)
-            return Out(tokens, finished)
 
     class Recording(RLModule):
         seen, grads = [], []

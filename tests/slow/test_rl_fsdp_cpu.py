@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent('''
     from metacot.modules.trainer import FSDPTrainerFactory
     from metacot.rl.objectives import GRPOObjective
     from metacot.stages.rl import fsdp_wrap
-    from tests.unit.test_rl_module import Out, collector, tiny_model, tiny_tokenizer
+    from tests.unit.test_rl_module import ByPrompt, collector, tiny_model, tiny_tokenizer
 
     torch.set_num_threads(1)
     out, mode, steps, world = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -61,19 +61,6 @@ SCRIPT = textwrap.dedent('''
         fsdp.FullStateDictConfig = lambda offload_to_cpu=True, rank0_only=False: full_config(False, rank0_only)
 
     records = [{"id": i, "prompt": " ".join(["q"] * (i + 1)), "problem": {}} for i in range(8)]
-
-    class ByPrompt:
-        """Completions that depend on the prompt only."""
-        def __init__(self, model):
-            pass
-        def generate(self, prompts, max_new_tokens, num_samples=1, **kwargs):
-            tokens, finished = [], []
-            for p in prompts:
-                for j in range(num_samples):
-                    k = len(p) + j
-                    tokens.append([4 if k % 3 == 0 else 5] + [6] * (k % 2))
-                    finished.append(k % 4 != 0)
-            return Out(tokens, finished)
 
     class Recording(RLModule):
         grads = []  # the first optimizer step's gradient: this rank's part, and its squared norm

@@ -87,6 +87,23 @@ class TinySampler:
         return Out(tokens, finished)
 
 
+class ByPrompt:
+    """A sampler whose completions depend on the prompt only (not on a rank's or step's seed):
+    multi-process runs (tests/slow) compare with one process on the same prompts."""
+
+    def __init__(self, model):
+        pass
+
+    def generate(self, prompts, max_new_tokens, num_samples=1, **kwargs):
+        tokens, finished = [], []
+        for p in prompts:
+            for j in range(num_samples):
+                k = len(p) + j
+                tokens.append([4 if k % 3 == 0 else 5] + [6] * (k % 2))
+                finished.append(k % 4 != 0)
+        return Out(tokens, finished)
+
+
 @dataclass
 class Result:
     correct: bool
