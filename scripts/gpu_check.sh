@@ -15,7 +15,8 @@
 #   bash scripts/gpu_check.sh --dry-run                        # print the commands
 #
 # WHEELS: a directory of *.whl (hydra-core, omegaconf, antlr4 where the machine lacks them),
-# installed first into $WORK/site with `pip install --no-deps --target`. metacot itself is not
+# installed first into $WORK/site with `pip install --no-deps --target`. KEEP_WORK=1 keeps the
+# previous call's smoke runs (by default they are deleted first). metacot itself is not
 # installed: PYTHONPATH=src. BUDGET (seconds, default 420): a step never runs past it, and steps that
 # would start after it is spent are skipped.
 set -uo pipefail
@@ -38,6 +39,8 @@ mkdir -p "$OUT" "$WORK/rows"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(cd "$WORK" && pwd)
 rm -f "$WORK"/rows/*
+# a fresh smoke experiment each time (the RL runs would otherwise resume an earlier call's checkpoints)
+((DRY)) || [[ ${KEEP_WORK:-0} == 1 ]] || rm -rf "$WORK/runs" "$WORK/smoke_root"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 START=$SECONDS
 
