@@ -3,7 +3,8 @@
 - each rank rolls out its own prompts (disjoint per step, together the single process's prompts),
   the gradients are synced (identical weights on both ranks) and normalised over the GLOBAL batch,
   so the first update equals the one-process update on the same prompts — for a sequence-level
-  objective with a KL reference and PPO epochs (GRPO) and a token-level one that drops groups (DAPO);
+  objective with a KL reference and PPO epochs (GRPO), a token-level one that drops groups (DAPO)
+  and one whose advantages are whitened over the global batch's tokens (REINFORCE++);
 - `python train.py stage=rl trainer=ddp` (CPU) runs the whole stage: sharded evaluation, the
   checkpoint, the export.
 """
@@ -29,7 +30,7 @@ SCRIPT = textwrap.dedent('''
     import lightning as L
     import torch
     from metacot.modules.rl import RLModule, RLOptions
-    from metacot.rl.objectives import DAPOObjective, GRPOObjective
+    from metacot.rl.objectives import DAPOObjective, GRPOObjective, ReinforcePPObjective
     from tests.unit.test_rl_module import ByPrompt, collector, tiny_model, tiny_tokenizer
 
     torch.set_num_threads(1)
@@ -48,7 +49,8 @@ SCRIPT = textwrap.dedent('''
             return super()._optimizer_step(opt, sched)
 
     objective = {"grpo": GRPOObjective(group_size=3, kl_coef=0.1, epochs_per_batch=2),
-                 "dapo": DAPOObjective(group_size=3)}[algo]
+                 "dapo": DAPOObjective(group_size=3),
+                 "reinforce_pp": ReinforcePPObjective(group_size=3, kl_coef=0.1)}[algo]
     tok = tiny_tokenizer()
     options = RLOptions(steps=3, prompts_per_step=4 // world, lr=1e-2, micro_batch_size=2, eval_every=0,
                         eval_at_start=False, table_every=0, seed=0)
@@ -92,7 +94,7 @@ def launch(tmp_path: Path, name: str, world: int, algo: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("algo", ["grpo", "dapo"])
+@pytest.mark.parametrize("algo", ["grpo", "dapo", "reinforce_pp"])
 def test_two_ranks_roll_out_their_own_prompts_and_match_one_process(tmp_path, algo):
     ddp = launch(tmp_path, "ddp", 2, algo)
     ranks = [json.loads((ddp / f"rank{r}.json").read_text()) for r in (0, 1)]

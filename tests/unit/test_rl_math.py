@@ -13,6 +13,7 @@ from metacot.rl.advantages import (
     dr_grpo_advantages,
     group_mean_advantages,
     grpo_advantages,
+    masked_whiten,
     reinforce_pp_advantages,
     rloo_advantages,
     zero_variance_mask,
@@ -91,6 +92,27 @@ def test_reinforce_pp_returns_with_kl_and_batch_whitening():
     mean_b = sum(returns_b) / 5
     std_b = math.sqrt(sum((x - mean_b) ** 2 for x in returns_b) / 5)
     assert close(adv_b[mask.bool()], [(x - mean_b) / std_b for x in returns_b], 1e-5)
+
+
+
+def test_masked_whiten_with_reduce_sum_uses_every_ranks_tokens():
+    """Two "ranks": with a sum over ranks, each rank's whitened values equal the one-process
+    values of its rows (global token mean and std), not a whitening of its own tokens."""
+    gen = torch.Generator().manual_seed(0)
+    values, mask = torch.randn(4, 5, generator=gen), torch.rand(4, 5, generator=gen) > 0.3
+    whole = masked_whiten(values, mask)
+    for rows, other in ((slice(0, 2), slice(2, 4)), (slice(2, 4), slice(0, 2))):
+        x, m = values[other], mask[other]
+        mean = values[mask].mean()
+        sums = iter([torch.stack([x[m].sum(), m.sum().float()]), ((x - mean) ** 2)[m].sum()[None]])
+
+        def reduce_sum(t, sums=sums):  # this rank's partial sums + the other rank's
+            return t + next(sums)
+
+        part = masked_whiten(values[rows], mask[rows], reduce_sum=reduce_sum)
+        assert close(part[mask[rows]], whole[rows][mask[rows]].tolist(), 1e-5)
+        assert torch.equal(part[~mask[rows]], torch.zeros(int((~mask[rows]).sum())))
+        assert not torch.allclose(masked_whiten(values[rows], mask[rows]), whole[rows], atol=1e-3)
 
 
 # --- KL estimators ---------------------------------------------------------------------------

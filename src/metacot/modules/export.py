@@ -37,13 +37,10 @@ def export_hf(trainer: L.Trainer, pl_module: L.LightningModule, tokenizer: Any, 
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         if state is not None:  # rebuild an unwrapped copy: FSDP renamed the modules it wrapped
-            cls = (
-                type(getattr(model, "module", model))
-                if type(model).__name__ == "FullyShardedDataParallel"
-                else type(model)
-            )
-            with torch.device("meta"):  # (RL wraps the whole policy as one FSDP unit: its class is FSDP's)
-                model = cls(model.config)
+            if type(model).__name__ == "FullyShardedDataParallel":  # RL wraps the whole policy as one unit
+                model = model.module
+            with torch.device("meta"):
+                model = type(model)(model.config)
             missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
             model.tie_weights()
             missing = [k for k in missing if k not in _tied_names(model)]

@@ -195,6 +195,10 @@ class RLModule(L.LightningModule):
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         return self.trainer.strategy.reduce(t, reduce_op="sum").tolist()
 
+    def _reduce_tensor(self, t: Tensor) -> Tensor:
+        """Sum of `t` over ranks (float64 on the wire)."""
+        return self.trainer.strategy.reduce(t.double(), reduce_op="sum")
+
     # --- the RL step ---------------------------------------------------------------------------
     def collect(self, step: int) -> tuple[Rollout, Rollout]:
         """(rollout to learn from, everything sampled) of this rank at `step` (`collect_step`)."""
@@ -283,7 +287,8 @@ class RLModule(L.LightningModule):
             self.ref_model.eval()  # Lightning's train() reaches it too; the reference never uses dropout
             ref = batch_logprobs(self.ref_model, t, o.micro_batch_size, o.temperature)
         prep = obj.prepare(rewards, t.mask, group_size=self.group_size, old_logp=old, ref_logp=ref,
-                           max_length=self.max_new_tokens)
+                           max_length=self.max_new_tokens,
+                           reduce_sum=self._reduce_tensor if self.rank_world[1] > 1 else None)
         seqs, toks = self._reduce_sum([float(prep.keep.sum()), float(prep.mask.sum())])
         norm = LossNorm(max(int(seqs), 1), max(int(toks), 1), prep.norm.max_length)
         t1 = time.perf_counter()

@@ -12,6 +12,8 @@ on the *whole* rollout batch, before any micro-batching, and carry no gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -72,13 +74,22 @@ def dr_grpo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     return group_mean_advantages(rewards, group_size)
 
 
-def masked_whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-    """(x − mean) / (std + eps) over the tokens where `mask` is set (population std); 0 elsewhere."""
+def masked_whiten(values: Tensor, mask: Tensor, eps: float = 1e-8,
+                  reduce_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """(x − mean) / (std + eps) over the tokens where `mask` is set (population std); 0 elsewhere.
+
+    `reduce_sum` (DDP: a sum over ranks) makes the mean and std those of every rank's tokens
+    together, with the same two-pass formula as one process over the whole batch."""
     m = mask.bool()
-    count = m.sum().clamp(min=1)
     x = torch.where(m, values, 0.0)
-    mean = x.sum() / count
-    var = torch.where(m, (values - mean) ** 2, 0.0).sum() / count
+    total = torch.stack([x.sum(), m.sum().to(x.dtype)])
+    if reduce_sum is not None:
+        total = reduce_sum(total).to(x.dtype)
+    mean = total[0] / total[1].clamp(min=1)
+    squares = torch.where(m, (values - mean) ** 2, 0.0).sum()
+    if reduce_sum is not None:
+        squares = reduce_sum(squares[None]).to(x.dtype)[0]
+    var = squares / total[1].clamp(min=1)
     return torch.where(m, (values - mean) / (var.sqrt() + eps), 0.0)
 
 
@@ -95,8 +106,10 @@ def reinforce_pp_advantages(
     kl_coef: float = 0.0,
     baseline: bool = False,
     eps: float = 1e-8,
+    reduce_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """REINFORCE++: token-level returns, whitened over the global batch. `[B*G, T]`.
+    """REINFORCE++: token-level returns, whitened over the global batch (`reduce_sum`: over all
+    ranks' batches). `[B*G, T]`.
 
     Per-token reward: −kl_coef · token_kl on every response token, plus the outcome reward on the
     last response token (the eos); the advantage of a token is its return-to-go (γ = 1), then
@@ -117,4 +130,4 @@ def reinforce_pp_advantages(
     last = torch.where(m, positions, -1).max(dim=1).values.clamp(min=0)
     token_rewards = token_rewards.scatter_add(1, last[:, None], rewards[:, None])
     returns = reverse_cumsum(torch.where(m, token_rewards, 0.0))
-    return masked_whiten(returns, m, eps)
+    return masked_whiten(returns, m, eps, reduce_sum)

@@ -132,6 +132,7 @@ class PolicyObjective:
     compute_advantages: Callable[[Tensor, int], Tensor]
     surrogate: Callable[[Tensor, Tensor, float, float], Tensor] = staticmethod(clipped_surrogate)
     aggregate: Callable[[Tensor, Tensor, LossNorm], Tensor] = staticmethod(sequence_mean)
+    batch_statistics = False  # advantages use whole-batch statistics: `prepare` passes `reduce_sum` on
 
     def __init__(
         self,
@@ -213,13 +214,20 @@ class PolicyObjective:
         old_logp: Tensor | None = None,
         ref_logp: Tensor | None = None,
         max_length: int | None = None,
+        reduce_sum: Callable[[Tensor], Tensor] | None = None,
     ) -> PreparedRollout:
-        """Advantages, effective mask and normalisers of the WHOLE rollout batch, plus a few stats."""
+        """Advantages, effective mask and normalisers of the WHOLE rollout batch, plus a few stats.
+
+        `reduce_sum` (DDP: a sum over ranks) reaches the objectives whose advantages use statistics
+        of the whole batch (`batch_statistics`); group-relative advantages need none, since every
+        group is sampled on one rank."""
         group_size = self.group_size if group_size is None else group_size
         if mask.dim() != 2 or mask.shape[0] != rewards.numel():
             raise ValueError(f"mask must be [B*G, T] with B*G={rewards.numel()}, got {tuple(mask.shape)}")
         keep = self.keep_mask(rewards, group_size)
-        adv = self.advantages(rewards, group_size, mask=mask, old_logp=old_logp, ref_logp=ref_logp).detach()
+        extra = {"reduce_sum": reduce_sum} if self.batch_statistics else {}
+        adv = self.advantages(rewards, group_size, mask=mask, old_logp=old_logp, ref_logp=ref_logp,
+                              **extra).detach()
         eff_mask = mask.bool() & keep[:, None]
         stats = {
             "reward_mean": rewards.float().mean().item(),

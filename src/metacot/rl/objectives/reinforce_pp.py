@@ -5,6 +5,8 @@ subtracts the group mean from the outcome rewards. Clipped ratio, token-level me
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor
 
 from metacot.rl.advantages import reinforce_pp_advantages
@@ -14,6 +16,7 @@ from metacot.rl.objectives.base import PolicyObjective, as_float, clipped_surrog
 class ReinforcePPObjective(PolicyObjective):
     surrogate = staticmethod(clipped_surrogate)
     aggregate = staticmethod(token_mean)
+    batch_statistics = True  # whitening over every response token of the global batch
 
     def __init__(
         self,
@@ -40,8 +43,10 @@ class ReinforcePPObjective(PolicyObjective):
         mask: Tensor | None = None,
         old_logp: Tensor | None = None,
         ref_logp: Tensor | None = None,
+        reduce_sum: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
-        """Token-level `[B*G, T]` advantages; needs `mask` (and old/ref log-probs for the KL term)."""
+        """Token-level `[B*G, T]` advantages; needs `mask` (and old/ref log-probs for the KL term).
+        `reduce_sum` (DDP): whiten with the mean and std of every rank's tokens."""
         if mask is None:
             raise ValueError("ReinforcePPObjective.advantages needs the response mask [B*G, T]")
         group_size = self.group_size if group_size is None else group_size
@@ -56,4 +61,5 @@ class ReinforcePPObjective(PolicyObjective):
             kl_coef=self.kl_coef,
             baseline=self.baseline,
             eps=self.whiten_eps,
+            reduce_sum=reduce_sum,
         )
