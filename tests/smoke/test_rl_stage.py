@@ -144,6 +144,11 @@ def test_expert_iteration_runs_its_rounds(tmp_path, monkeypatch):
     assert ckpt["metacot_rl"]["rl_step"] == 2
     assert not any(k.startswith("ref_model.") for k in ckpt["state_dict"])
     assert "ei/selected" in scalars(Path(cfg.paths.run_dir))
+    # a third round extends the same run (rounds is its length, like rl.steps): one more round only
+    more = run(config(tmp_path, monkeypatch, "algo=expert_iteration", "algo.rounds=3", "algo.samples_per_problem=2",
+                      "rl.eval_at_start=false"))
+    assert more["last_ckpt"] == summary["last_ckpt"] and more["steps"] == 3
+    assert more["time_split"]["steps"] == 1
 
 
 def test_pipeline_rl_evaluates_the_rl_model_last(tmp_path, monkeypatch):

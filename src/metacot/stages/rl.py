@@ -170,7 +170,8 @@ def fsdp_wrap(factory: Any, policy: Any) -> list[str]:
 def run_key(cfg: DictConfig, options: RLOptions, source: str) -> str:
     what = {k: v for k, v in asdict(options).items() if k not in RUN_LENGTH_KEYS}
     world = {k: plain(cfg.trainer.get(k)) for k in ("devices", "num_nodes", "strategy")}
-    digest = config_hash(plain(cfg.algo), plain(cfg.reward), what, source, world, int(cfg.seed), length=8)
+    algo = {k: v for k, v in plain(cfg.algo).items() if k != "rounds"}  # expert iteration's run length
+    digest = config_hash(algo, plain(cfg.reward), what, source, world, int(cfg.seed), length=8)
     return f"{cfg.algo.name}-{cfg.reward.name}-{digest}"
 
 
