@@ -430,3 +430,78 @@ def test_behaviour_option_is_accepted_but_evaluate_runs_no_reference():
     assert EvalOptions.from_any({"behaviour": ["bfs"]}).behaviour == ["bfs"]
     assert not any(k.startswith("order_similarity") for k in out)
     assert all(r["order_similarity"] == {} for r in out.problems)
+
+
+class ModeOracle:
+    """Continues each prompt (which ends with a forced mode line) with the rest of the record's own
+    completion in that mode: the trace for `slow`, the answer lines only for `fast`."""
+
+    def __init__(self, tokenizer, records, prefix, fast):
+        from metacot.data.collate import encode_prompt as project_encode
+
+        self.prompts, self.table = [], {}
+        for r in records:
+            lines = r["completion"].split("\n")[1:]  # the stored completion starts with `slow`
+            if fast:
+                lines = [ln for ln in lines if ln.startswith("plan") or ln == "end"]
+            ids = tokenizer.encode("\n".join(lines), add_special_tokens=False)
+            self.table[tuple(project_encode(tokenizer, r["prompt"]) + prefix)] = ids
+
+    def generate(self, prompts, max_new_tokens, num_samples=1, **kw):
+        self.prompts += prompts
+        tokens = [self.table[tuple(p)] for p in prompts for _ in range(num_samples)]
+        return Out(tokens, [True] * len(tokens))
+
+
+def test_force_mode_feeds_the_dualformer_mode_word(tmp_path):
+    """eval.force_mode=slow|fast: every prompt ends with the mode line, and what is scored is that
+    line plus the model's continuation (a trace in slow mode, the plan alone in fast mode)."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from metacot.data.build import build_dataset
+    from metacot.data.options import DataOptions
+    from metacot.data.records import read_split
+    from metacot.data.tokenizer import load_tokenizer
+    from metacot.eval.evaluator import forced_prefix
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    t, s, ln = (instantiate(OmegaConf.load(conf / g / f"{o}.yaml"), _convert_="all")
+                for g, o in (("task", "maze"), ("search", "astar"), ("linearization", "dualformer")))
+    data = build_dataset(t, s, ln, DataOptions(train=4, val=8, test_unseen=4, workers=1, max_tokens=100_000),
+                         tmp_path)
+    tokenizer, records = load_tokenizer(data / "tokenizer"), read_split(data, "val")
+    for mode in ("slow", "fast"):
+        prefix = forced_prefix(tokenizer, ln, mode)
+        assert tokenizer.convert_ids_to_tokens(prefix) == [mode, "\n"]
+        oracle = ModeOracle(tokenizer, records, prefix, fast=mode == "fast")
+        out = evaluate(None, tokenizer, t, ln, records, EvalOptions(force_mode=mode, num_samples=2), sampler=oracle)
+        assert oracle.prompts and all(p[-len(prefix):] == prefix for p in oracle.prompts)
+        assert out.examples[0]["completion"].split("\n")[0].strip() == mode
+        assert out["solve_rate"] == out["symbolic_solve_rate"] == out["pass@2"] > 0
+        assert out["invalid_format_rate"] == 0.0
+        if mode == "fast":  # no search written: far fewer tokens than the symbolic trace
+            assert out["tokens_per_problem"] < out["symbolic_tokens"] / 2
+        else:
+            assert out["tokens_per_problem"] == out["symbolic_tokens"] and out["fidelity"] == 1.0
+    with pytest.raises(ValueError, match="linearization=dualformer"):
+        run(EvalOptions(force_mode="fast"))  # a format without mode words
+
+
+def test_force_mode_is_checked_before_any_work():
+    """Every stage builds its format through `trace_engine`: a mode the format cannot write fails there."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from metacot.stages.common import trace_engine
+
+    conf = str(Path(__file__).resolve().parents[2] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        bad = compose(config_name="config", overrides=["linearization=compact", "eval.force_mode=fast"])
+        good = compose(config_name="config", overrides=["linearization=dualformer", "eval.force_mode=slow"])
+    with pytest.raises(ValueError, match="eval.force_mode='fast'.*linearization=dualformer"):
+        trace_engine(bad)
+    assert trace_engine(good)[2].dropping.mode_token

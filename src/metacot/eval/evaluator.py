@@ -37,7 +37,10 @@ class EvalOptions:
     pass@k pass; `shard` splits the records over DDP ranks (every rank must call `evaluate`).
     `behaviour` names `conf/search/` options to compare the model's search with: the eval stage
     builds them and passes `evaluate(reference_searches=)`; `evaluate` itself ignores the names
-    (so the SFT validation and RL's periodic eval never pay for it)."""
+    (so the SFT validation and RL's periodic eval never pay for it). `force_mode` (a linearization
+    whose completions start with a mode word, e.g. `dualformer`'s `slow` / `fast`) feeds that word
+    as the first completion tokens, so the model completes in that mode; the scored text and token
+    counts include it."""
 
     n_problems: int = 0
     max_new_tokens: int = 512
@@ -50,6 +53,7 @@ class EvalOptions:
     shard: bool = False
     name: str = "default"
     behaviour: list[str] = field(default_factory=list)
+    force_mode: str | None = None  # Dualformer: "slow" / "fast" written as the completion's first word
 
     @classmethod
     def from_any(cls, options: EvalOptions | dict[str, Any] | None) -> EvalOptions:
@@ -103,7 +107,8 @@ def evaluate(model: Any, tokenizer: Any, task: Any, linearization: Any, records:
     device = _device(model)
     if world > 1 and device is not None:
         metrics.to(device)  # NCCL reduces CUDA tensors only
-    prompts = [encode(tokenizer, r["prompt"]) for r in records]
+    prefix = forced_prefix(tokenizer, linearization, opts.force_mode)
+    prompts = [encode(tokenizer, r["prompt"]) + prefix for r in records]
 
     was_training = bool(getattr(model, "training", False))
     if model is not None and hasattr(model, "eval"):
@@ -115,10 +120,10 @@ def evaluate(model: Any, tokenizer: Any, task: Any, linearization: Any, records:
         with torch.no_grad():
             if prompts:  # a rank's shard may be empty; it still joins the metric sync below
                 results, examples = _greedy_pass(sampler, tokenizer, task, linearization, records, prompts, opts,
-                                                 replay, references)
+                                                 replay, references, prefix)
                 metrics.update(results)
             if ks and prompts:
-                counts = _count_correct(sampler, tokenizer, task, linearization, records, prompts, opts)
+                counts = _count_correct(sampler, tokenizer, task, linearization, records, prompts, opts, prefix)
                 metrics.update_passk(opts.num_samples, counts)
     finally:
         if model is not None and hasattr(model, "train"):
@@ -159,16 +164,17 @@ def _int_or_none(x: Any) -> int | None:
 
 def _greedy_pass(sampler: Any, tokenizer: Any, task: Any, linearization: Any, records: list[dict[str, Any]],
                  prompts: list[list[int]], opts: EvalOptions, replay: Callable[..., Any] | None,
-                 references: dict[str, Any]) -> tuple[list[ProblemResult], list[dict[str, str]]]:
-    """Greedy completions scored; (one result per record, the first `num_examples` rows)."""
+                 references: dict[str, Any], prefix: list[int]) -> tuple[list[ProblemResult], list[dict[str, str]]]:
+    """Greedy completions (after the forced `prefix`) scored; (one result per record, the first
+    `num_examples` rows)."""
     greedy = sampler.generate(prompts, max_new_tokens=opts.max_new_tokens, num_samples=1, temperature=0.0,
                               batch_size=opts.batch_size)
     if len(greedy.tokens) != len(records):
         raise RuntimeError(f"the sampler returned {len(greedy.tokens)} sequences for {len(records)} prompts")
     results, examples = [], []
     for i, (rec, ids) in enumerate(zip(records, greedy.tokens, strict=True)):
-        text = decode(tokenizer, ids)
-        result, verdict = score_completion(task, linearization, rec, text, len(ids), replay,
+        text = decode(tokenizer, prefix + list(ids))
+        result, verdict = score_completion(task, linearization, rec, text, len(prefix) + len(ids), replay,
                                            reference_searches=references, seed=opts.seed)
         results.append(result)
         if i < opts.num_examples:
@@ -282,8 +288,9 @@ def _optimal_length(task: Any, problem: dict[str, Any]) -> int | None:
 
 
 def _count_correct(sampler: Any, tokenizer: Any, task: Any, linearization: Any, records: list[dict[str, Any]],
-                   prompts: list[list[int]], opts: EvalOptions) -> list[int]:
-    """Correct completions among `num_samples` sampled ones, per problem (prompt-major order)."""
+                   prompts: list[list[int]], opts: EvalOptions, prefix: list[int]) -> list[int]:
+    """Correct completions among `num_samples` sampled ones (after the forced `prefix`), per
+    problem (prompt-major order)."""
     n = opts.num_samples
     per_call = max(1, PASSK_SEQUENCES_PER_CALL // n)
     counts: list[int] = []
@@ -295,10 +302,30 @@ def _count_correct(sampler: Any, tokenizer: Any, task: Any, linearization: Any, 
         for j, rec in enumerate(records[start : start + per_call]):
             problem = rec["problem"]
             counts.append(sum(
-                safe_verify(task, problem, safe_parse(task, linearization, problem, decode(tokenizer, ids)).answer).correct
+                safe_verify(task, problem,
+                            safe_parse(task, linearization, problem, decode(tokenizer, prefix + list(ids))).answer).correct
                 for ids in out.tokens[j * n : (j + 1) * n]
             ))
     return counts
+
+
+def check_force_mode(linearization: Any, mode: str | None) -> None:
+    """Raise a clear error unless `mode` is None or a mode word of `linearization`'s completions."""
+    if mode is None:
+        return
+    dropping = getattr(linearization, "dropping", None)
+    words = dropping.keywords() if dropping is not None else []
+    if mode not in words:
+        raise ValueError(
+            f"eval.force_mode={mode!r}: this linearization's completions "
+            + (f"start with one of {words}" if words else "start with no mode word")
+            + "; use linearization=dualformer (dropping.mode_token: true) or eval.force_mode=null")
+
+
+def forced_prefix(tokenizer: Any, linearization: Any, mode: str | None) -> list[int]:
+    """Token ids of the mode line `force_mode` writes first ([] for None)."""
+    check_force_mode(linearization, mode)
+    return list(tokenizer.encode(f"{mode}\n", add_special_tokens=False)) if mode is not None else []
 
 
 def _default_encode() -> Callable[[Any, str], list[int]]:

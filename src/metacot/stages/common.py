@@ -17,8 +17,14 @@ from metacot.config import build, config_hash, plain
 
 
 def trace_engine(cfg: DictConfig) -> tuple[Any, Any, Any]:
-    """(task, search, linearization) built from their groups."""
-    return build(cfg.task), build(cfg.search), build(cfg.linearization)
+    """(task, search, linearization) built from their groups; an `eval.force_mode` the format
+    cannot honour fails here, before any work."""
+    lin = build(cfg.linearization)
+    if "eval" in cfg:
+        from metacot.eval.evaluator import check_force_mode
+
+        check_force_mode(lin, cfg.eval.get("force_mode"))
+    return build(cfg.task), build(cfg.search), lin
 
 
 def data_key_parts(cfg: DictConfig) -> list[Any]:

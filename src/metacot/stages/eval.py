@@ -83,7 +83,9 @@ class EvalStage(Stage):
         run_dir = Path(cfg.paths.run_dir)
         out_dirs = [run_dir]
         if not cfg.get("ckpt"):  # the experiment's own model: keep its results with it
-            out_dirs.append(experiment_dir(cfg) / "eval" / ("" if self.source == "sft" else self.source))
+            mode = cfg.eval.get("force_mode")  # a forced Dualformer mode: beside the default eval, not over it
+            out_dirs.append(experiment_dir(cfg) / "eval" / ("" if self.source == "sft" else self.source)
+                            / (f"force_mode-{mode}" if mode else ""))
         for out_dir in out_dirs:
             out_dir.mkdir(parents=True, exist_ok=True)
             write_json(out_dir / "metrics.json", summary)
