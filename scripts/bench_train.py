@@ -74,9 +74,12 @@ def instantiate(cfg: dict[str, Any], **overrides: Any) -> Any:
     return getattr(importlib.import_module(module), cls)(**cfg)
 
 
-def build_model(name: str, tokenizer: PreTrainedTokenizerFast, seq: int, seed: int = 0) -> torch.nn.Module:
+def build_model(name: str, tokenizer: PreTrainedTokenizerFast, seq: int, seed: int = 0,
+                attn: str = "sdpa") -> torch.nn.Module:
     torch.manual_seed(seed)
-    return instantiate(option("model", name)).build(tokenizer, seq)
+    model = instantiate(option("model", name)).build(tokenizer, seq)
+    model.config._attn_implementation = attn  # read at every forward (the mask builder and attention)
+    return model
 
 
 def sft_config(batch_tokens: int, max_steps: int, compile: bool = False, **overrides: Any) -> SFTConfig:
@@ -233,7 +236,7 @@ def measure(args: argparse.Namespace, compiled: bool, batches: list[dict[str, An
             log_dir: str) -> dict[str, Any]:
     n_steps = args.warmup + args.steps
     hp = sft_config(args.batch_tokens, n_steps, compile=compiled, pack_width=args.seq)
-    model = build_model(args.model, tok, args.seq)
+    model = build_model(args.model, tok, args.seq, attn=args.attn)
     factory = trainer_factory(args.device, args.threads)
     if factory.float32_matmul_precision:  # the factory sets it for Lightning: the same for both arms
         torch.set_float32_matmul_precision(factory.float32_matmul_precision)
@@ -297,11 +300,17 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--vocab", type=int, default=512, help="vocabulary size (metacot's are a few hundred)")
+    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "flex_attention"],
+                    help="attention of both arms. Packed rows (per-example positions) make transformers build "
+                    "a block-diagonal mask: SDPA then cannot use its flash kernel, flex_attention skips the "
+                    "blocks between examples (GPU only: it has no CPU backward)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     gpu = args.device == "cuda"
     if gpu and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no GPU is visible (torch.cuda.is_available() is False)")
+    if args.attn == "flex_attention" and not gpu:
+        raise SystemExit("--attn flex_attention needs --device cuda (FlexAttention has no backward on CPU)")
     args.batch_tokens = args.batch_tokens or (65536 if gpu else 4096)
     args.steps = args.steps or (30 if gpu else 8)
     args.warmup = args.warmup or (5 if gpu else 2)
@@ -319,7 +328,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device={name} torch={torch.__version__} model={args.model} ({n_params / 1e6:.2f}M params) "
           f"seq={args.seq} batch_tokens={args.batch_tokens} fill={fill:.3f} steps={args.steps} "
-          f"warmup={args.warmup} repeats={args.repeats}", flush=True)
+          f"warmup={args.warmup} repeats={args.repeats} attn={args.attn}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as log_dir:
         for compiled in modes[args.compile]:

@@ -5,7 +5,8 @@
 #      -> RL (trainer=fsdp) smoke run through train.py;
 #   2. timing, one at a time: the sampler benchmark (CUDA graphs vs eager vs generate), the training
 #      benchmark (Lightning vs a plain loop, eager and compiled, MFU), and an RL run on one GPU whose
-#      summary gives the step's time split (rollout / log-probs / update).
+#      summary gives the step's time split (rollout / log-probs / update); then, if time is left, the
+#      training benchmark with FlexAttention (a lead for the MFU bar).
 # Each step has its own timeout and the run goes on when one fails. Logs and runs go to $WORK; $OUT
 # gets a few files only (summary.md, the benchmark JSONs and logs.tar.gz with every log), so the
 # results travel back from a lent machine. Exit status: 0 when every step that ran passed.
@@ -141,6 +142,10 @@ export METACOT_ROOT=$ROOT
 step rl_gpu 120 12 "$PY" train.py "${RL[@]}" rl.steps=${RL_GPU_STEPS:-6} trainer=gpu "${SMOKE[@]}" \
   rl.prompts_per_step=64 rl.micro_batch_size=128 hydra.run.dir="$WORK/runs/rl_gpu"
 unset METACOT_ROOT
+# a lead for the MFU bar (35%, base, seq 1024): the same benchmark with FlexAttention (block-sparse
+# over the packed examples instead of SDPA with a dense block mask); runs only if time is left
+step bench_train_flex 150 12 "$PY" scripts/bench_train.py --device cuda --model base --seq 1024 --compile on \
+  --attn flex_attention --steps 10 --warmup 5 --repeats 3 --json "$OUT/bench_train_flex.json"
 
 # --- summary -------------------------------------------------------------------------------------
 {
