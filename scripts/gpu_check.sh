@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of metacot in one run (~6 minutes on one H100). Two phases:
+# Every GPU check of metacot in one run (~7 minutes on one H100; BUDGET caps it). Two phases:
 #   1. correctness, concurrently (tiny models: host-bound, the GPU has room): the GPU tests
 #      (CUDA-graph sampler, FSDP vs DDP vs one device, resume, export), and an SFT (trainer=gpu)
 #      -> RL (trainer=fsdp) smoke run through train.py;
@@ -18,7 +18,7 @@
 # WHEELS: a directory of *.whl (hydra-core, omegaconf, antlr4 where the machine lacks them),
 # installed first into $WORK/site with `pip install --no-deps --target`. KEEP_WORK=1 keeps the
 # previous call's smoke runs (by default they are deleted first). metacot itself is not
-# installed: PYTHONPATH=src. BUDGET (seconds, default 420): a step never runs past it, and steps that
+# installed: PYTHONPATH=src. BUDGET (seconds, default 480): a step never runs past it, and steps that
 # would start after it is spent are skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +34,7 @@ for arg in "$@"; do
 done
 OUT=${OUT:-logs/gpu_check}
 WORK=${WORK:-/tmp/metacot_gpu_check}
-BUDGET=${BUDGET:-420}
+BUDGET=${BUDGET:-480}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 mkdir -p "$OUT" "$WORK/rows"
 OUT=$(cd "$OUT" && pwd)
