@@ -4,8 +4,8 @@ Clipping is done by hand in `on_before_optimizer_step` (see `clip_gradients`), n
 Lightning's `gradient_clip_val`: Lightning 2.6 refuses its own clipping with a fused AdamW under
 bf16-mixed, and norm clipping under its FSDP precision plugin. Clipping by hand works with both,
 so the fused AdamW (faster on GPU) is always allowed; under FSDP the wrapped root's own
-`clip_grad_norm_` computes the norm over all shards (also from inside the root's forward, where an
-RL step runs: `fsdp_idle`).
+`clip_grad_norm_` computes the norm over all shards (in an RL step, after
+`metacot.modules.fsdp.finish_backward` has returned the root to IDLE).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from metacot.modules.fsdp import fsdp_idle
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
@@ -69,8 +67,7 @@ def clip_gradients(root: nn.Module, params: Any, max_norm: float | None) -> torc
     limit = float(max_norm) if max_norm and max_norm > 0 else math.inf
     fsdp_clip = getattr(root, "clip_grad_norm_", None)
     if fsdp_clip is not None:
-        with fsdp_idle(root):
-            return fsdp_clip(limit)
+        return fsdp_clip(limit)
     params = [p for p in params if p.grad is not None]
     if not params:
         return torch.zeros(())

@@ -85,11 +85,12 @@ def masked_whiten(values: Tensor, mask: Tensor, eps: float = 1e-8,
     total = torch.stack([x.sum(), m.sum().to(x.dtype)])
     if reduce_sum is not None:
         total = reduce_sum(total).to(x.dtype)
-    mean = total[0] / total[1].clamp(min=1)
+    count = total[1].clamp(min=1)
+    mean = total[0] / count
     squares = torch.where(m, (values - mean) ** 2, 0.0).sum()
     if reduce_sum is not None:
         squares = reduce_sum(squares[None]).to(x.dtype)[0]
-    var = squares / total[1].clamp(min=1)
+    var = squares / count
     return torch.where(m, (values - mean) / (var.sqrt() + eps), 0.0)
 
 
