@@ -43,6 +43,7 @@ from transformers import PreTrainedTokenizerFast
 
 from metacot.data.collate import collate_rows
 from metacot.models import flops_per_token, num_parameters
+from metacot.models.common import ATTENTION_CHOICES, attention, training_attention
 from metacot.modules.optim import WarmupCosine, build_optimizer, clip_gradients
 from metacot.modules.sft import SFTConfig, SFTModule, peak_bf16_flops, token_loss_sum
 from metacot.modules.trainer import TrainerFactory
@@ -74,12 +75,9 @@ def instantiate(cfg: dict[str, Any], **overrides: Any) -> Any:
     return getattr(importlib.import_module(module), cls)(**cfg)
 
 
-def build_model(name: str, tokenizer: PreTrainedTokenizerFast, seq: int, seed: int = 0,
-                attn: str = "sdpa") -> torch.nn.Module:
+def build_model(name: str, tokenizer: PreTrainedTokenizerFast, seq: int, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = instantiate(option("model", name)).build(tokenizer, seq)
-    model.config._attn_implementation = attn  # read at every forward (the mask builder and attention)
-    return model
+    return instantiate(option("model", name)).build(tokenizer, seq)
 
 
 def sft_config(batch_tokens: int, max_steps: int, compile: bool = False, **overrides: Any) -> SFTConfig:
@@ -153,6 +151,8 @@ class PlainArm:
             raise SystemExit(f"precision {precision!r}: the plain loop knows 32-true and bf16-mixed only")
         self.model, self.hp, self.device = model.to(device), hp, device
         self.autocast = precision == "bf16-mixed"
+        # the attention SFTModule resolves from sft.attention (FlexAttention for packed rows on a GPU)
+        self.attention = training_attention(model, hp.attention, torch.device(device).type, hp.packing)
         if hp.compile:
             self.model.compile()
 
@@ -166,7 +166,8 @@ class PlainArm:
         for step, batch in enumerate(loader(batches, device)):
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=self.autocast):
-                loss = token_loss_sum(model, batch) / max(1, batch["n_targets"])
+                with attention(model, self.attention):
+                    loss = token_loss_sum(model, batch) / max(1, batch["n_targets"])
             loss.backward()
             norm = clip_gradients(model, model.parameters(), hp.clip_grad_norm)
             optimizer.step()
@@ -235,8 +236,8 @@ class LightningArm:
 def measure(args: argparse.Namespace, compiled: bool, batches: list[dict[str, Any]], tok: Any,
             log_dir: str) -> dict[str, Any]:
     n_steps = args.warmup + args.steps
-    hp = sft_config(args.batch_tokens, n_steps, compile=compiled, pack_width=args.seq)
-    model = build_model(args.model, tok, args.seq, attn=args.attn)
+    hp = sft_config(args.batch_tokens, n_steps, compile=compiled, pack_width=args.seq, attention=args.attn)
+    model = build_model(args.model, tok, args.seq)
     factory = trainer_factory(args.device, args.threads)
     if factory.float32_matmul_precision:  # the factory sets it for Lightning: the same for both arms
         torch.set_float32_matmul_precision(factory.float32_matmul_precision)
@@ -300,8 +301,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--vocab", type=int, default=512, help="vocabulary size (metacot's are a few hundred)")
-    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "flex_attention"],
-                    help="attention of both arms. Packed rows (per-example positions) make transformers build "
+    ap.add_argument("--attn", default="auto", choices=list(ATTENTION_CHOICES),
+                    help="sft.attention of both arms (default auto, as stage=sft: flex_attention for packed rows "
+                    "on a GPU, sdpa otherwise). Packed rows (per-example positions) make transformers build "
                     "a block-diagonal mask: SDPA then cannot use its flash kernel, flex_attention skips the "
                     "blocks between examples (GPU only: it has no CPU backward)")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -309,8 +311,6 @@ def main() -> None:
     gpu = args.device == "cuda"
     if gpu and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no GPU is visible (torch.cuda.is_available() is False)")
-    if args.attn == "flex_attention" and not gpu:
-        raise SystemExit("--attn flex_attention needs --device cuda (FlexAttention has no backward on CPU)")
     args.batch_tokens = args.batch_tokens or (65536 if gpu else 4096)
     args.steps = args.steps or (30 if gpu else 8)
     args.warmup = args.warmup or (5 if gpu else 2)
@@ -324,11 +324,16 @@ def main() -> None:
     tok = word_tokenizer(args.vocab)
     batches = synthetic_batches(args.warmup + args.steps, args.seq, args.batch_tokens, args.vocab)
     fill = sum(b["n_tokens"] for b in batches) / sum(b["input_ids"].numel() for b in batches)
-    n_params = num_parameters(build_model(args.model, tok, args.seq))
+    probe = build_model(args.model, tok, args.seq)
+    n_params = num_parameters(probe)
+    try:
+        args.attn_used = training_attention(probe, args.attn, args.device, packed=True)
+    except ValueError as e:
+        raise SystemExit(f"--attn {args.attn}: {e}") from None
     name = torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device={name} torch={torch.__version__} model={args.model} ({n_params / 1e6:.2f}M params) "
           f"seq={args.seq} batch_tokens={args.batch_tokens} fill={fill:.3f} steps={args.steps} "
-          f"warmup={args.warmup} repeats={args.repeats} attn={args.attn}", flush=True)
+          f"warmup={args.warmup} repeats={args.repeats} attention={args.attn_used} (--attn {args.attn})", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as log_dir:
         for compiled in modes[args.compile]:
@@ -340,11 +345,12 @@ def main() -> None:
                   f"{rows[-1]['ratio_of_medians']:.3f}, CPU-time ratio {rows[-1]['cpu_time_ratio']:.3f}, "
                   f"first-rep max |loss diff| {rows[-1]['first_rep_max_loss_diff']:.2e}", flush=True)
 
-    print("\n| device | model | params | seq | batch tokens | mode | plain tok/s | lightning tok/s | ratio | MFU |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| device | model | params | seq | batch tokens | attention | mode | plain tok/s | lightning tok/s | ratio "
+          "| MFU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mfu = f"{r['lightning_mfu']:.1%} (plain {r['plain_mfu']:.1%})" if r["lightning_mfu"] is not None else "n/a"
-        print(f"| {name} | {args.model} | {n_params / 1e6:.2f}M | {args.seq} | {args.batch_tokens} | {r['mode']} "
+        print(f"| {name} | {args.model} | {n_params / 1e6:.2f}M | {args.seq} | {args.batch_tokens} | {args.attn_used} | {r['mode']} "
               f"({r['precision']}) | {r['plain_tok_s']:,.0f} | {r['lightning_tok_s']:,.0f} | {r['ratio']:.3f} | {mfu} |")
     print("ratio: median over repetitions of lightning/plain tok/s of the two adjacent runs; MFU: Lightning arm")
     for line in verdicts(args, rows):

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from metacot.data.collate import IGNORE_INDEX
+from metacot.models.common import ATTENTION_CHOICES, attention, training_attention
 from metacot.modules.optim import WarmupCosine, build_optimizer, clip_gradients
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class SFTConfig:
     eps: float = 1e-8
     fused_adamw: bool | None = None
     compile: bool = False
+    attention: str = "auto"
     packing: bool = True
     pack_width: int | None = None
     loss_on_prompt: bool = False
@@ -87,6 +89,8 @@ class SFTConfig:
             raise ValueError(f"sft.lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"sft.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"sft.attention must be one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
         if self.resume not in ("auto", "never") and not str(self.resume).endswith(".ckpt"):
             raise ValueError(f"sft.resume must be auto, never or a path to a .ckpt, got {self.resume!r}")
 
@@ -141,6 +145,9 @@ class SFTModule(L.LightningModule):
         self.resumed_step: int | None = None  # the step of the checkpoint this run resumed from
 
     def setup(self, stage: str) -> None:
+        self._attention = None  # resolved again for this fit's device: a bad sft.attention fails here
+        if self._trainer is not None:
+            self.training_attention(self.trainer.strategy.root_device)
         if self.config.compile and not getattr(self, "_compiled", False):
             self.model.compile()  # in place: state_dict keys stay the model's own
             self._compiled = True
@@ -154,9 +161,20 @@ class SFTModule(L.LightningModule):
         last = trainer.max_steps if trainer is not None else self.config.max_steps
         return steps_done > 0 and ((every > 0 and steps_done % every == 0) or steps_done == last)
 
+    def training_attention(self, device: torch.device) -> str:
+        """`sft.attention` resolved for this run's device (once): training and val-loss forwards."""
+        if getattr(self, "_attention", None) is None:
+            self._attention = training_attention(self.model, self.config.attention, device.type, self.config.packing)
+            log.info("SFT forwards use %s attention (sft.attention=%s)", self._attention, self.config.attention)
+        return self._attention
+
+    def loss_sum(self, batch: dict[str, Any]) -> torch.Tensor:
+        with attention(self.model, self.training_attention(batch["input_ids"].device)):
+            return token_loss_sum(self.model, batch)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         n = max(1, batch["n_targets"])
-        loss = token_loss_sum(self.model, batch) / n
+        loss = self.loss_sum(batch) / n
         detached = loss.detach()
         self._losses.append((self.global_step, detached))
         self._tokens += batch["n_tokens"]
@@ -234,7 +252,7 @@ class SFTModule(L.LightningModule):
         self._val = [torch.zeros((), dtype=torch.float64, device=self.device), 0]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._val[0] += token_loss_sum(self.model, batch).detach().double()
+        self._val[0] += self.loss_sum(batch).detach().double()
         self._val[1] += batch["n_targets"]
 
     def on_validation_epoch_end(self) -> None:

@@ -85,6 +85,10 @@ class SFTStage(Stage):
             check_val_every_n_epoch=None, log_every_n_steps=hp.log_every_n_steps,
             limit_val_batches=None if has_val else 0, callbacks=callbacks, logger=logger, default_root_dir=str(out_dir),
         )
+        try:  # sft.attention for this device, checked before any training
+            module.training_attention(trainer.strategy.root_device)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
         fill = dm.fill_fraction()
         if hp.train_tokens is not None:  # equal-token comparisons: the step count follows the budget
             hp = hp.for_token_budget(fill, trainer.world_size)
