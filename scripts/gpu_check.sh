@@ -18,7 +18,7 @@
 # WHEELS: a directory of *.whl (hydra-core, omegaconf, antlr4 where the machine lacks them),
 # installed first into $WORK/site with `pip install --no-deps --target`. KEEP_WORK=1 keeps the
 # previous call's smoke runs (by default they are deleted first). TRAIN_COMPILE=on|off|both (default both):
-# the arms of bench_train. metacot itself is not
+# the arms of bench_train. SFT_EXTRA: more overrides for the sft_gpu smoke run (e.g. sft.compile=true). metacot itself is not
 # installed: PYTHONPATH=src. BUDGET (seconds, default 480): a step never runs past it, and steps that
 # would start after it is spent are skipped.
 set -uo pipefail
@@ -124,7 +124,8 @@ step pytest_fsdp 240 0 "$PY" -m pytest -m gpu tests/gpu/test_fsdp.py -q -rA -p n
   --junitxml="$WORK/pytest_fsdp.xml" &
 (
   export METACOT_ROOT=$ROOT
-  step sft_gpu 150 0 "$PY" train.py stage=sft trainer=gpu "${SMOKE[@]}" hydra.run.dir="$WORK/runs/sft_gpu"
+  # shellcheck disable=SC2086  # SFT_EXTRA: more overrides, word-split on purpose
+  step sft_gpu 150 0 "$PY" train.py stage=sft trainer=gpu "${SMOKE[@]}" ${SFT_EXTRA:-} hydra.run.dir="$WORK/runs/sft_gpu"
   step rl_fsdp 150 0 "$PY" train.py "${RL[@]}" rl.steps=${RL_STEPS:-3} trainer=fsdp "${SMOKE[@]}" \
     hydra.run.dir="$WORK/runs/rl_fsdp"
   # the same run, 2 steps longer: resumes from its sharded last.ckpt
