@@ -96,6 +96,10 @@ class SFTStage(Stage):
             trainer.fit_loop.epoch_loop.max_steps = hp.max_steps
             log.info("sft.train_tokens=%d: %d steps of %d x %d x %d slots at fill %.3f", hp.train_tokens,
                      hp.max_steps, hp.batch_tokens, hp.grad_accum, trainer.world_size, fill)
+        if len(dm.plan.batches(0)) == 1 and fill < 0.5:  # the whole split is one half-empty batch
+            log.warning("the train split fills only %.0f%% of one batch of sft.batch_tokens=%d: every step is one "
+                        "epoch padded with empty rows (slower, and tokens/s counts real tokens only); lower "
+                        "sft.batch_tokens or raise data.train", 100 * fill, hp.batch_tokens)
         log.info("sft: %s, %d train examples (%d dropped as overlong), row width %d, fill %.2f%s",
                  dataset_dir.name, len(dm.train.records), dm.dropped["train"], dm.width, fill,
                  f", resuming from {ckpt_path}" if ckpt_path else "")
