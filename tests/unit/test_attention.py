@@ -70,7 +70,7 @@ def test_training_and_val_forwards_use_the_resolved_attention_and_nothing_else()
     module.model.register_forward_pre_hook(lambda m, args: seen.append(m.config._attn_implementation))
     batch = packed_batch()
     assert module.training_attention(batch["input_ids"].device) == "sdpa"  # auto on CPU
-    module._attention = "eager"  # stands in for flex_attention, which has no CPU backward
+    module._attention = ("cpu", "eager")  # stands in for flex_attention, which has no CPU backward
     module.training_step(batch, 0).backward()
     module.on_validation_epoch_start()
     module.validation_step(batch, 0)

@@ -143,10 +143,10 @@ class SFTModule(L.LightningModule):
         self._val: list[Any] = [None, 0]
         self.last_eval: dict[str, Any] = {}
         self.resumed_step: int | None = None  # the step of the checkpoint this run resumed from
+        self._attention: tuple[str, str] | None = None  # (device type, attention of training forwards)
 
     def setup(self, stage: str) -> None:
-        self._attention = None  # resolved again for this fit's device: a bad sft.attention fails here
-        if self._trainer is not None:
+        if self._trainer is not None:  # resolved for this fit's device: a bad sft.attention fails here
             self.training_attention(self.trainer.strategy.root_device)
         if self.config.compile and not getattr(self, "_compiled", False):
             self.model.compile()  # in place: state_dict keys stay the model's own
@@ -162,11 +162,13 @@ class SFTModule(L.LightningModule):
         return steps_done > 0 and ((every > 0 and steps_done % every == 0) or steps_done == last)
 
     def training_attention(self, device: torch.device) -> str:
-        """`sft.attention` resolved for this run's device (once): training and val-loss forwards."""
-        if getattr(self, "_attention", None) is None:
-            self._attention = training_attention(self.model, self.config.attention, device.type, self.config.packing)
-            log.info("SFT forwards use %s attention (sft.attention=%s)", self._attention, self.config.attention)
-        return self._attention
+        """`sft.attention` resolved for `device` (once per device type): training and val-loss forwards."""
+        known = self._attention
+        if known is None or known[0] != device.type:
+            impl = training_attention(self.model, self.config.attention, device.type, self.config.packing)
+            known = self._attention = (device.type, impl)
+            log.info("SFT forwards use %s attention (sft.attention=%s)", impl, self.config.attention)
+        return known[1]
 
     def loss_sum(self, batch: dict[str, Any]) -> torch.Tensor:
         with attention(self.model, self.training_attention(batch["input_ids"].device)):
