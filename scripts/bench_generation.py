@@ -5,7 +5,10 @@ with min_new_tokens); the median of --repeats timed runs is reported.
 
 CPU: the Sampler runs with its Llama fast path (`llama_decode`) and on the generic HF-forward path
 (`fast_path=False`); ratios come from the same run, repeats interleaved. `--threads 1 2` repeats
-the whole comparison for each CPU thread count.
+the whole comparison for each CPU thread count. `--floor` also times the fast path's matmuls
+alone (projections and lm head at the batch size, attention over the blocked cache at each length
+of the run): their sum is what a decode step cannot go below on this CPU, so generate's step time
+over it caps the speed-up any rewrite of the rest of the step could give.
 
 CUDA (defaults: model=small and base, batch 64 and 256, bf16): the Sampler's CUDA-graph path, its
 eager paths (generic HF forward; fast path) and `generate` (plain, and with the cuDNN SDPA backend
@@ -15,6 +18,7 @@ profiler's sum of CUDA kernel time per decode step is the floor a decode step co
 Bar: CUDA graphs >= 20x `generate` for model=small at batch 64.
 
     python scripts/bench_generation.py --model tiny --batch 32 --device cpu --threads 1 2
+    python scripts/bench_generation.py --model tiny --batch 32 --device cpu --threads 1 --floor
     python scripts/bench_generation.py --device cuda            # the GPU suite (~1 minute on an H100)
     python scripts/bench_generation.py --device cuda --quick    # a short run
 """
@@ -26,6 +30,7 @@ import importlib
 import json
 import statistics
 import time
+import timeit
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
@@ -38,6 +43,7 @@ from transformers import PreTrainedTokenizerFast
 
 from metacot.generation import Sampler
 from metacot.generation.cuda_graph import GraphDecoder
+from metacot.generation.llama_decode import BLOCK, LlamaWeights
 from metacot.generation.sampler import DECODE_BACKENDS
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -100,6 +106,11 @@ def main() -> None:
         dest="profile",
         action="store_false",
         help="CUDA: skip the profiler run (GPU kernel time per decode step)",
+    )
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="CPU: also time the decode step's matmuls alone (its floor) and print the ratio they cap",
     )
     ap.add_argument(
         "--threads",
@@ -194,7 +205,16 @@ def cpu_compare(args, name: str, batch: int, device: torch.device) -> None:
     for threads in args.threads:
         if threads:
             torch.set_num_threads(threads)
-        compare(args, name, batch, model, device, runs, results, sampler.uses_fast_path())
+        speed = compare(args, name, batch, model, device, runs, results, sampler.uses_fast_path())
+        if args.floor and sampler.uses_fast_path():
+            floor = matmul_floor(model, batch, args.prompt_len, args.new_tokens)
+            hf_step = 1e3 * batch / speed["hf"]
+            print(
+                f"floor: the step's matmuls alone take {floor['gemm']:.3f} (projections, lm head) + "
+                f"{floor['attention']:.3f} (attention over the cache) = {floor['total']:.3f} ms/step; "
+                f"ours {1e3 * batch / speed['ours']:.3f}, generate {hf_step:.3f} ms/step: "
+                f"no decode step above those matmuls can beat generate by more than {hf_step / floor['total']:.2f}x"
+            )
 
 
 def compare(args, name, batch, model, device, runs, results, fast: bool) -> None:
@@ -225,6 +245,50 @@ def compare(args, name, batch, model, device, runs, results, fast: bool) -> None
         f"speed-up vs generate: {speed['ours'] / speed['hf']:.2f}x (generic path {speed['ours_generic'] / speed['hf']:.2f}x)"
         f"   identical greedy outputs: {same}/{batch} vs generate, {same_generic}/{batch} vs generic"
     )
+    return speed
+
+
+@torch.inference_mode()
+def matmul_floor(model, batch: int, prompt_len: int, new_tokens: int) -> dict:
+    """ms per decode step of the fast path's matmuls alone (same weights, shapes and cache layout), averaged
+    over the run's lengths: the time no Python or elementwise work is in. Best of 7 timings each."""
+    w = LlamaWeights(model, prompt_len + new_tokens)
+    dim, ff = w.embed.shape[1], w.step_layers[0][2].shape[1] // 2
+    x, h = torch.randn(batch, dim), torch.randn(batch, ff)
+    proj, gate_up = torch.empty(batch, w.step_layers[0][0].shape[1]), torch.empty(batch, 2 * ff)
+
+    def best(fn, number: int) -> float:
+        return 1e3 * min(timeit.repeat(fn, number=number, repeat=7)) / number
+
+    def projections():
+        for qkv, o, gu, down in w.step_layers:
+            torch.mm(x, qkv, out=proj)
+            torch.addmm(x, x, o)
+            torch.mm(x, gu, out=gate_up)
+            torch.addmm(x, h, down)
+        x @ w.head_t
+
+    rows, d = batch * w.n_kv, w.head_dim
+    group = w.n_heads // w.n_kv
+    blocks = -(-(prompt_len + new_tokens) // BLOCK)
+    caches = [torch.randn(blocks, rows, BLOCK, d) for _ in range(2 * len(w.step_layers))]  # K, V per layer
+
+    def attention(nb: int) -> float:
+        q, scores = torch.randn(nb * rows, group, d), torch.empty(nb * rows, group, BLOCK)
+        out = torch.empty(nb * rows, group, d)
+
+        def run():
+            for k, v in zip(caches[::2], caches[1::2], strict=True):
+                torch.bmm(q, k[:nb].view(-1, BLOCK, d).transpose(1, 2), out=scores)
+                torch.bmm(scores, v[:nb].view(-1, BLOCK, d), out=out)
+
+        return best(run, 20)
+
+    per_blocks = {nb: attention(nb) for nb in range(prompt_len // BLOCK + 1, blocks + 1)}
+    lengths = range(prompt_len, prompt_len + new_tokens - 1)
+    attn = sum(per_blocks[t // BLOCK + 1] for t in lengths) / len(lengths)
+    gemm = best(projections, 100)
+    return {"gemm": gemm, "attention": attn, "total": gemm + attn}
 
 
 def gpu_compare(args, name: str, batch: int, device: torch.device) -> dict:
