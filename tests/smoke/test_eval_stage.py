@@ -100,8 +100,9 @@ def test_pipeline_evaluates_the_sft_export(tmp_path):
 
 def test_ckpt_hf_dir_and_lightning_ckpt_agree(tmp_path, monkeypatch):
     from metacot.config import build
+    from metacot.data.records import read_split
     from metacot.data.tokenizer import load_tokenizer
-    from metacot.stages.common import experiment_dir
+    from metacot.stages.common import experiment_dir, new_token_budget
     from metacot.stages.datagen import ensure_dataset
     from metacot.stages.eval import EvalStage
 
@@ -129,6 +130,13 @@ def test_ckpt_hf_dir_and_lightning_ckpt_agree(tmp_path, monkeypatch):
     assert by_hf == pytest.approx(by_ckpt, nan_ok=True)
     assert by_hf["tokens_per_problem"] > 0
     assert not (experiment_dir(cfg) / "eval").exists()  # another model's numbers stay in the run dir
+
+    # eval.max_new_tokens=null (the default): 2 x the longest training completion, recorded in metrics.json
+    auto = stage.run(_compose(tmp_path, monkeypatch, f"ckpt={hf_dir}", "eval.max_new_tokens=null",
+                              "eval.num_samples=0"))
+    budget = new_token_budget(tokenizer, read_split(ensure_dataset(cfg), "train"), 512)
+    assert json.loads(Path(auto["metrics_path"]).read_text())["config"]["eval"]["max_new_tokens"] == budget
+    assert 16 < budget < 512 and auto["metrics"]["val"]["tokens_per_problem"] <= budget
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         stage.run(_compose(tmp_path, monkeypatch, f"ckpt={tmp_path / 'nope'}"))

@@ -43,7 +43,7 @@ class EvalOptions:
     counts include it."""
 
     n_problems: int = 0
-    max_new_tokens: int = 512
+    max_new_tokens: int | None = 512  # None (conf/eval: null): the stages resolve it (stages.common.eval_options)
     batch_size: int = 64
     num_samples: int = 0
     temperature: float = 1.0
@@ -90,6 +90,9 @@ def evaluate(model: Any, tokenizer: Any, task: Any, linearization: Any, records:
     `replay(task, problem, parsed, reference_length=)` default to the project's own.
     `reference_searches` (`name -> SearchAlgorithm`) adds `order_similarity/<name>`."""
     opts = EvalOptions.from_any(options)
+    if opts.max_new_tokens is None:
+        raise ValueError("EvalOptions.max_new_tokens is None: pass a number of tokens, or build the options "
+                         "with metacot.stages.common.eval_options (2 x the longest training completion)")
     records = list(records)
     if opts.n_problems > 0:
         records = records[: opts.n_problems]

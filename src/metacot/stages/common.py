@@ -27,6 +27,27 @@ def trace_engine(cfg: DictConfig) -> tuple[Any, Any, Any]:
     return build(cfg.task), build(cfg.search), lin
 
 
+def new_token_budget(tokenizer: Any, records: list[dict[str, Any]], context: int) -> int:
+    """Twice the longest training completion (+ eos), within the context left after the longest
+    prompt: room to search longer than the reference, without decoding runaway loops for long.
+    The default decode budget of RL rollouts, SFT validation and evaluation (first 2,000 records)."""
+    sample = records[:2000]
+    prompts = tokenizer([r["prompt"] for r in sample], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([r["completion"] for r in sample], add_special_tokens=False)["input_ids"]
+    room = context - 1 - max(len(p) for p in prompts)
+    return max(1, min(room, 2 * max(len(c) + 1 for c in completions)))
+
+
+def eval_options(cfg: DictConfig, tokenizer: Any, train: list[dict[str, Any]]) -> Any:
+    """`cfg.eval` built, its `max_new_tokens: null` resolved to `new_token_budget` of the training records."""
+    from dataclasses import replace
+
+    options = build(cfg.eval)
+    if options.max_new_tokens is None:
+        options = replace(options, max_new_tokens=new_token_budget(tokenizer, train, int(cfg.data.max_tokens)))
+    return options
+
+
 def data_key_parts(cfg: DictConfig) -> list[Any]:
     """What shapes a dataset: the task, search and format options and the data options."""
     return [plain(cfg.task), plain(cfg.search), plain(cfg.linearization), plain(cfg.data)]

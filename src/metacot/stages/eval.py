@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from metacot.eval.metrics import finite_or_none
 from metacot.eval.plots import passk_curve, plot_passk
 from metacot.eval.table import format_table
 from metacot.stages.base import Stage
-from metacot.stages.common import experiment_dir, experiment_key, other_trainings, trace_engine
+from metacot.stages.common import eval_options, experiment_dir, experiment_key, other_trainings, trace_engine
 from metacot.stages.datagen import ensure_dataset
 
 log = logging.getLogger(__name__)
@@ -46,17 +47,17 @@ class EvalStage(Stage):
 
     def run(self, cfg: DictConfig) -> dict[str, Any]:
         task, search, lin = trace_engine(cfg)
-        options: EvalOptions = build(cfg.eval)
-        references = reference_searches(options.behaviour)
+        references = reference_searches(build(cfg.eval).behaviour)
         path = model_path(cfg, self.source)
         dataset_dir = ensure_dataset(cfg)  # built if absent, like every stage that needs one
         device = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if self.device == "auto" else self.device))
         model, tokenizer = load_model(cfg, path, dataset_dir, device)
         source = str(path)
-        log.info("eval: %s on %s (%s)", source, dataset_dir.name, device)
+        from metacot.data.records import iter_split, read_split
 
-        from metacot.data.records import read_split
+        options: EvalOptions = eval_options(cfg, tokenizer, list(islice(iter_split(dataset_dir, "train"), 2000)))
+        log.info("eval: %s on %s (%s), up to %d new tokens", source, dataset_dir.name, device, options.max_new_tokens)
 
         results: dict[str, dict[str, float]] = {}
         examples: dict[str, list[dict[str, str]]] = {}
@@ -77,7 +78,8 @@ class EvalStage(Stage):
                 "experiment": experiment_key(cfg), "model": "ckpt" if cfg.get("ckpt") else self.source,
                 "model_source": source, "dataset": str(dataset_dir),
                 "task": plain(cfg.task), "search": plain(cfg.search), "linearization": plain(cfg.linearization),
-                "model_config": plain(cfg.model), "eval": plain(cfg.eval), "seed": cfg.seed, "device": str(device),
+                "model_config": plain(cfg.model),
+                "eval": {**plain(cfg.eval), "max_new_tokens": options.max_new_tokens}, "seed": cfg.seed, "device": str(device),
             },
         }
         run_dir = Path(cfg.paths.run_dir)

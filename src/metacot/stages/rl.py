@@ -36,7 +36,13 @@ from metacot.modules.rl import RLModule, RLOptions
 from metacot.rl.objectives import ExpertIterationObjective
 from metacot.rl.rollout import RolloutCollector
 from metacot.stages.base import Stage, Terminated
-from metacot.stages.common import experiment_dir, other_trainings, trace_engine
+from metacot.stages.common import (
+    eval_options,
+    experiment_dir,
+    new_token_budget,
+    other_trainings,
+    trace_engine,
+)
 
 log = logging.getLogger(__name__)
 # Options that change how long a run is or what it logs, not what it computes (not in the run key).
@@ -72,7 +78,8 @@ class RLStage(Stage):
         ckpt_path = resume_path(options, ckpt_dir)
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         module = module_cls(policy, tokenizer, objective, RolloutCollector(task, lin, tokenizer, reward), train,
-                            options, max_new, eval_sets=eval_sets, eval_options=build(cfg.eval))
+                            options, max_new, eval_sets=eval_sets,
+                            eval_options=eval_options(cfg, tokenizer, train))
         module.checkpoint_path = ckpt_dir / "last.ckpt"
         stop = StopAndSave(ckpt_dir)
         logger = build(cfg.logger, save_dir=str(cfg.paths.run_dir))
@@ -144,16 +151,6 @@ def load_policy(cfg: DictConfig, dataset_dir: Path) -> tuple[Any, Any, str]:
                 "or start RL from another model with init_from=/path/to/hf_dir_or.ckpt" + other_trainings(cfg))
     model, tokenizer = load_model(cfg, path, dataset_dir, torch.device("cpu"))
     return model, tokenizer, str(path)
-
-
-def new_token_budget(tokenizer: Any, records: list[dict[str, Any]], max_tokens: int) -> int:
-    """Twice the longest training completion (+ eos), within the context left after the longest
-    prompt: room to search longer than the reference, without decoding runaway loops for long."""
-    sample = records[:2000]
-    prompts = tokenizer([r["prompt"] for r in sample], add_special_tokens=False)["input_ids"]
-    completions = tokenizer([r["completion"] for r in sample], add_special_tokens=False)["input_ids"]
-    room = max_tokens - 1 - max(len(p) for p in prompts)
-    return max(1, min(room, 2 * max(len(c) + 1 for c in completions)))
 
 
 def fsdp_wrap(factory: Any, policy: Any) -> list[str]:

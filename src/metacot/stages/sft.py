@@ -26,7 +26,7 @@ from metacot.modules.callbacks import StopAndSave
 from metacot.modules.export import export_hf
 from metacot.modules.sft import SFTConfig, SFTModule
 from metacot.stages.base import Stage, Terminated
-from metacot.stages.common import experiment_dir, trace_engine
+from metacot.stages.common import experiment_dir, new_token_budget, trace_engine
 
 log = logging.getLogger(__name__)
 RUN_CONFIG = "run_config.json"
@@ -202,7 +202,7 @@ def solve_rate_fn(cfg: DictConfig, hp: SFTConfig, task: Any, lin: Any, tokenizer
         log.warning("val/solve_rate disabled (%s); best.ckpt tracks val/loss", e)
         return None
     subset = records[: hp.solve_rate_problems]
-    max_new = hp.solve_rate_max_new_tokens or _new_token_budget(tokenizer, subset, max_seq_len)
+    max_new = hp.solve_rate_max_new_tokens or new_token_budget(tokenizer, subset, max_seq_len)
     batch_size = int(cfg.eval.batch_size) if cfg.get("eval") is not None and "batch_size" in cfg.eval else 64
     options = EvalOptions(n_problems=len(subset), max_new_tokens=max_new, batch_size=batch_size,
                           num_samples=0, num_examples=4, shard=False)
@@ -211,14 +211,6 @@ def solve_rate_fn(cfg: DictConfig, hp: SFTConfig, task: Any, lin: Any, tokenizer
         return evaluate(model, tokenizer, task, lin, subset, options)
 
     return run
-
-
-def _new_token_budget(tokenizer: Any, records: list[dict[str, Any]], max_seq_len: int) -> int:
-    """Twice the longest reference completion, within the context (validation decodes fast)."""
-    prompts = tokenizer([r["prompt"] for r in records], add_special_tokens=False)["input_ids"]
-    completions = tokenizer([r["completion"] for r in records], add_special_tokens=False)["input_ids"]
-    room = max_seq_len - 1 - max(len(p) for p in prompts)
-    return max(1, min(room, 2 * max(len(c) + 1 for c in completions)))
 
 
 def _flops_per_token(model: torch.nn.Module, seq_len: int) -> float | None:
