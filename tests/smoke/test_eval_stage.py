@@ -144,3 +144,49 @@ def test_ckpt_hf_dir_and_lightning_ckpt_agree(tmp_path, monkeypatch):
     torch.save({"state_dict": {"model.not_a_weight": torch.zeros(1)}}, bad)
     with pytest.raises(ValueError, match="same model="):
         stage.run(_compose(tmp_path, monkeypatch, f"ckpt={bad}"))
+
+
+def test_own_model_results_are_reused_only_while_nothing_changed(tmp_path, monkeypatch):
+    """A second identical eval of the experiment's own export (e.g. every job of an `algo=` sweep
+    evaluating the same SFT model) reuses the saved results; a changed option, a re-trained model,
+    a tampered problems.json or eval.reuse=false evaluate again."""
+    import metacot.stages.eval as E
+    from metacot.config import build
+    from metacot.data.tokenizer import load_tokenizer
+    from metacot.stages.common import experiment_dir
+    from metacot.stages.datagen import ensure_dataset
+
+    cfg = _compose(tmp_path, monkeypatch, "eval.num_samples=0")
+    tokenizer = load_tokenizer(ensure_dataset(cfg) / "tokenizer")
+    export = experiment_dir(cfg) / "sft" / "hf"
+    torch.manual_seed(0)
+    build(cfg.model).build(tokenizer, int(cfg.data.max_tokens)).save_pretrained(export)
+    tokenizer.save_pretrained(export)
+    calls = []
+    real = E.evaluate
+    monkeypatch.setattr(E, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stage = E.EvalStage(splits=["val"])
+
+    def run(*overrides: str) -> tuple[int, dict]:
+        before = len(calls)
+        summary = stage.run(_compose(tmp_path, monkeypatch, "eval.num_samples=0", *overrides))
+        return len(calls) - before, summary
+
+    evaluated, first = run()
+    assert evaluated == 1
+    evaluated, again = run()
+    assert evaluated == 0  # reused
+    assert again["metrics"]["val"] == pytest.approx(first["metrics"]["val"], nan_ok=True)
+    assert again["problems"] == first["problems"]
+    assert json.loads(Path(again["metrics_path"]).read_text())["splits"] == json.loads(
+        Path(first["metrics_path"]).read_text())["splits"]  # the new run dir gets the same files
+    assert run("eval.reuse=false")[0] == 1
+    assert run("eval.n_problems=2")[0] == 1  # another option: evaluated again (and saved in its place)
+    assert run()[0] == 1  # ...so the default options' results were replaced
+    assert run()[0] == 0
+    kept = experiment_dir(cfg) / "eval" / "problems.json"
+    kept.write_text(kept.read_text().replace("true", "false"))
+    assert run()[0] == 1  # problems.json no longer the one metrics.json vouches for
+    torch.manual_seed(1)
+    build(cfg.model).build(tokenizer, int(cfg.data.max_tokens)).save_pretrained(export)  # re-trained weights
+    assert run()[0] == 1

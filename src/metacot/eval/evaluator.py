@@ -40,7 +40,7 @@ class EvalOptions:
     (so the SFT validation and RL's periodic eval never pay for it). `force_mode` (a linearization
     whose completions start with a mode word, e.g. `dualformer`'s `slow` / `fast`) feeds that word
     as the first completion tokens, so the model completes in that mode; the scored text and token
-    counts include it."""
+    counts include it. `reuse` is read by the eval stage only (see `metacot.stages.eval`)."""
 
     n_problems: int = 0
     max_new_tokens: int | None = 512  # None (conf/eval: null): the stages resolve it (stages.common.eval_options)
@@ -54,6 +54,7 @@ class EvalOptions:
     name: str = "default"
     behaviour: list[str] = field(default_factory=list)
     force_mode: str | None = None  # Dualformer: "slow" / "fast" written as the completion's first word
+    reuse: bool = True  # stage=eval, the experiment's own model: reuse its saved results when nothing changed
 
     @classmethod
     def from_any(cls, options: EvalOptions | dict[str, Any] | None) -> EvalOptions:

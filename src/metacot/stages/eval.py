@@ -7,12 +7,19 @@ own model, to `<experiment>/eval/` (SFT) or `<experiment>/eval/<source>/` — lo
 TensorBoard and prints a compact table with the symbolic algorithm's numbers on the same problems
 next to the model's. `eval.behaviour` names the `conf/search/` algorithms whose expansion order the
 model's is compared with (`order_similarity/<name>`).
+
+The experiment's own model is evaluated once per (model weights, dataset, eval options, splits,
+device): an identical later eval — every job of an `algo=` sweep evaluates the same SFT export —
+reuses `<experiment>/eval/` (`eval_fingerprint`, `saved_results`); `eval.reuse=false` recomputes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -20,7 +27,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metacot.atomic import write_json
+from metacot.atomic import finite, write_json
 from metacot.config import build, plain
 from metacot.eval.evaluator import EvalOptions, evaluate
 from metacot.eval.metrics import finite_or_none
@@ -59,17 +66,26 @@ class EvalStage(Stage):
         options: EvalOptions = eval_options(cfg, tokenizer, list(islice(iter_split(dataset_dir, "train"), 2000)))
         log.info("eval: %s on %s (%s), up to %d new tokens", source, dataset_dir.name, device, options.max_new_tokens)
 
-        results: dict[str, dict[str, float]] = {}
-        examples: dict[str, list[dict[str, str]]] = {}
-        problems: dict[str, list[dict[str, Any]]] = {}
-        for split in self.splits:
-            t0 = time.perf_counter()
-            out = evaluate(model, tokenizer, task, lin, read_split(dataset_dir, split), options,
-                           reference_searches=references)
-            results[split], examples[split], problems[split] = dict(out), out.examples, out.problems
-            log.info("eval %s: solve rate %.3f (symbolic %.3f) on %d problems in %.1fs", split,
-                     out["solve_rate"], out["symbolic_solve_rate"], int(out["num_problems"]),
-                     time.perf_counter() - t0)
+        own = not cfg.get("ckpt")  # the experiment's own model: its results are kept with it (and reused)
+        mode = cfg.eval.get("force_mode")  # a forced Dualformer mode: beside the default eval, not over it
+        keep_dir = (experiment_dir(cfg) / "eval" / ("" if self.source == "sft" else self.source)
+                    / (f"force_mode-{mode}" if mode else "")) if own else None
+        fingerprint = eval_fingerprint(path, dataset_dir, options, self.splits, device) if own else None
+        saved = saved_results(keep_dir, fingerprint) if own and options.reuse else None
+        if saved is not None:
+            results, examples, problems = saved
+            log.info("eval: reusing %s (same model files, dataset, eval options and device; eval.reuse=false "
+                     "recomputes)", keep_dir / "metrics.json")
+        else:
+            results, examples, problems = {}, {}, {}
+            for split in self.splits:
+                t0 = time.perf_counter()
+                out = evaluate(model, tokenizer, task, lin, read_split(dataset_dir, split), options,
+                               reference_searches=references)
+                results[split], examples[split], problems[split] = dict(out), out.examples, out.problems
+                log.info("eval %s: solve rate %.3f (symbolic %.3f) on %d problems in %.1fs", split,
+                         out["solve_rate"], out["symbolic_solve_rate"], int(out["num_problems"]),
+                         time.perf_counter() - t0)
 
         summary = {
             "splits": {s: finite_or_none(m) for s, m in results.items()},
@@ -83,15 +99,11 @@ class EvalStage(Stage):
             },
         }
         run_dir = Path(cfg.paths.run_dir)
-        out_dirs = [run_dir]
-        if not cfg.get("ckpt"):  # the experiment's own model: keep its results with it
-            mode = cfg.eval.get("force_mode")  # a forced Dualformer mode: beside the default eval, not over it
-            out_dirs.append(experiment_dir(cfg) / "eval" / ("" if self.source == "sft" else self.source)
-                            / (f"force_mode-{mode}" if mode else ""))
-        for out_dir in out_dirs:
+        for out_dir in [run_dir] + ([keep_dir] if own else []):
             out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(out_dir / "metrics.json", summary)
-            write_json(out_dir / "problems.json", problems)
+            write_json(out_dir / "problems.json", problems)  # first: metrics.json vouches for it (see saved_results)
+            digest = hashlib.sha256((out_dir / "problems.json").read_bytes()).hexdigest()
+            write_json(out_dir / "metrics.json", {**summary, "fingerprint": fingerprint, "problems_sha256": digest})
             plot_passk({s: passk_curve(m) for s, m in results.items()}, out_dir / "passk.png",
                        title=f"pass@k — {experiment_key(cfg)}")
         tb_dir = _log_tensorboard(cfg, results, examples)
@@ -106,6 +118,41 @@ class EvalStage(Stage):
         objective = results[first]["solve_rate"] if first else None
         return {"metrics": results, "metrics_path": str(run_dir / "metrics.json"), "tensorboard_dir": tb_dir,
                 "objective": objective, "problems": problems, "model_source": source}
+
+
+def eval_fingerprint(model_dir: Path, dataset_dir: Path, options: EvalOptions, splits: list[str],
+                     device: torch.device) -> dict[str, Any]:
+    """What an evaluation's numbers depend on: the model directory's files (content hashes: a finished
+    SFT run exports the same weights again on every pipeline run), the dataset (its manifest's hash),
+    the eval options (resolved; `reuse` aside), the splits and the device type."""
+    from metacot.data.records import read_manifest
+
+    files = {}
+    for p in sorted(model_dir.iterdir()):
+        if p.is_file():
+            with p.open("rb") as f:
+                files[p.name] = hashlib.file_digest(f, "sha256").hexdigest()
+    evaluation = {k: v for k, v in asdict(options).items() if k != "reuse"}
+    return {"model_dir": str(model_dir), "model_files": files, "dataset": str(dataset_dir),
+            "dataset_hash": read_manifest(dataset_dir).get("config_hash"), "eval": evaluation,
+            "splits": list(splits), "device": device.type}
+
+
+def saved_results(keep_dir: Path, fingerprint: dict[str, Any]) -> tuple[dict, dict, dict] | None:
+    """(metrics, examples, problems) an earlier identical evaluation saved in `keep_dir`, or None when
+    there is none, its fingerprint differs, or its problems.json is not the one its metrics.json vouches for."""
+    try:
+        summary = json.loads((keep_dir / "metrics.json").read_text())
+        problems_bytes = (keep_dir / "problems.json").read_bytes()
+    except (OSError, ValueError):
+        return None
+    if summary.get("fingerprint") != json.loads(json.dumps(finite(fingerprint), default=str)):
+        return None
+    if summary.get("problems_sha256") != hashlib.sha256(problems_bytes).hexdigest():
+        return None
+    nan = float("nan")
+    metrics = {s: {k: nan if v is None else v for k, v in m.items()} for s, m in summary["splits"].items()}
+    return metrics, summary.get("examples", {}), json.loads(problems_bytes)
 
 
 def reference_searches(names: list[str] | tuple[str, ...]) -> dict[str, Any]:
