@@ -3,8 +3,9 @@
 - Each run directory gets `results.json` (status, config and its hash, overrides, timings, every
   stage's summary). `python -m metacot.report` reads these files and nothing else.
 - A sweep's directory is named after its command line (`logs/sweeps/<overrides>-<hash>`) and each
-  job's after its own overrides, so running the same `-m` command again lands in the same
-  directories: jobs whose `results.json` says complete for the same config are skipped (pass
+  job's after its own overrides, the swept keys first (a long name is shortened from its end, so
+  what tells a sweep's jobs apart stays readable), so running the same `-m` command again lands in
+  the same directories: jobs whose `results.json` says complete for the same config are skipped (pass
   `rerun=true` to run them again), and jobs never collide, however many start in the same second.
 - Under `-m`, a job that raises is recorded as failed (with its traceback) and the sweep goes on;
   `SweepSummary` prints a table at the end and exits non-zero if any job failed.
@@ -18,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 import traceback
@@ -36,6 +38,10 @@ RESULTS_VERSION = 1
 # Overrides that say how or where to run, not what: they do not change a job's identity.
 NON_IDENTITY_KEYS = ("rerun", "paths.root_dir")
 MAX_NAME = 96
+# The keys a `-m` command sweeps, found where the command line is (the launching process) and
+# handed to the jobs, which may run in other processes (submitit), through the environment.
+SWEPT_ENV = "METACOT_SWEPT_KEYS"
+SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(")
 
 
 # --- names -------------------------------------------------------------------------------------
@@ -70,14 +76,54 @@ def _identity_overrides(args: list[str]) -> list[str]:
     return out
 
 
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys of `overrides` whose value is a sweep (`a,b`, `range(..)`, `choice(..)`, ...);
+    a list value such as `x=[1,2]` is not one."""
+    keys = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and (value.startswith(SWEEP_FUNCTIONS) or _top_level_comma(value)):
+            keys.append(key.lstrip("+~"))
+    return keys
+
+
+def _top_level_comma(value: str) -> bool:
+    depth, quote = 0, ""
+    for ch in value:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
 def sweep_id() -> str:
     """The sweep directory's name: this command's overrides (resolved once, in the launching
-    process; Hydra copies the cached value to every job)."""
-    return _name(",".join(sorted(_identity_overrides(sys.argv[1:]))))
+    process; Hydra copies the cached value to every job). Also records the swept keys for `job_id`."""
+    identity = _identity_overrides(sys.argv[1:])
+    os.environ[SWEPT_ENV] = ",".join(swept_keys(identity))
+    return _name(",".join(sorted(identity)))
 
 
 def job_id(override_dirname: str) -> str:
-    return _name(str(override_dirname))
+    """A job directory's name: its overrides, the swept ones first."""
+    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
+    return _name(swept_first(str(override_dirname), swept))
+
+
+def swept_first(override_dirname: str, swept: list[str]) -> str:
+    """`a=1,search=mcts,seed=2` with `search` swept -> `search=mcts,a=1,seed=2` (else unchanged)."""
+    if not swept or not override_dirname:
+        return override_dirname
+    items = re.split(r",(?=[+~]?[A-Za-z_][\w.+/-]*=)", override_dirname)  # a comma that starts `key=`
+    first = [i for i in items if i.split("=", 1)[0].lstrip("+~") in swept]
+    return ",".join(first + [i for i in items if i not in first])
 
 
 def register_resolvers() -> None:

@@ -40,6 +40,7 @@ def test_pipeline_sweep_runs_skips_and_reports(tmp_path):
     assert len(jobs) == 2 and all(j["status"] == "complete" for j in jobs.values()), jobs.keys()
     by_search = {j["config"]["search"]["name"]: j for j in jobs.values()}
     assert set(by_search) == {"astar", "bfs"}
+    assert {n.split(",")[0] for n in jobs} == {"search=astar", "search=bfs"}  # the swept key leads each name
     for job in by_search.values():
         assert set(job["stages"]) == {"datagen", "sft", "eval"}
         assert job["stages"]["sft"]["steps"] == 3

@@ -29,6 +29,20 @@ def test_job_names_are_readable_safe_and_distinct():
     assert len(long_a) <= sweep.MAX_NAME and long_a != long_b
 
 
+def test_swept_keys_come_first_in_job_names_so_long_names_keep_them(monkeypatch):
+    args = ["search=mcts,astar", "seed=1", "algo=choice(grpo,rloo)", "x=[1,2]", "+lr=range(1,3)", "y='a,b'"]
+    assert sweep.swept_keys(args) == ["search", "algo", "lr"]  # lists and quoted commas are not sweeps
+    monkeypatch.setattr(sweep.sys, "argv", ["train.py", "-m", *args])
+    monkeypatch.delenv(sweep.SWEPT_ENV, raising=False)
+    sweep.sweep_id()  # the launching process records the swept keys for the jobs
+    filler = ",".join(f"eval.option_{i}={i}" for i in range(12))
+    name = job_id(f"+lr=2,{filler},eval.behaviour=[bfs,dfs],search=mcts,seed=1")
+    assert name.startswith("+lr=2,search=mcts,eval.option_0=0") and len(name) <= sweep.MAX_NAME
+    assert name != job_id(f"+lr=2,{filler},eval.behaviour=[bfs,dfs],search=astar,seed=1")
+    monkeypatch.setenv(sweep.SWEPT_ENV, "")
+    assert job_id("b=1,a=2") == "b=1,a=2"  # nothing swept: Hydra's order
+
+
 def test_sweep_identity_ignores_flags_and_launcher_settings():
     args = ["-m", "search=mcts,astar", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "rerun=true",
             "--config-name", "config", "seed=1"]
