@@ -192,6 +192,24 @@ def test_behaviour_order_similarity_and_ilr(report: Path):
     assert float(behaviour["model nodes"]) == 4.0 and float(behaviour["symbolic nodes"]) == 6.0
 
 
+def test_order_similarity_keeps_runs_of_other_settings_apart(tmp_path: Path):
+    """Two learning rates of one trained-on search are two rows (as in every other table), and
+    only seeds are averaged."""
+    for i, (lr, seed, bfs) in enumerate([("1e-4", 0, 0.8), ("1e-4", 1, 0.6), ("5e-4", 0, 0.2)]):
+        cfg = {**config("mcts", seed), "sft": {"lr": float(lr), "train_tokens": None, "max_steps": 10}}
+        write(tmp_path / "runs" / str(i), results(cfg, ["search=mcts", f"sft.lr={lr}", f"seed={seed}"], {
+            "sft": {"steps": 10},
+            "eval": eval_stage(metrics(0.5, **{"order_similarity/bfs": bfs, "order_similarity/dfs": 0.5}),
+                               metrics(0.5))}))
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    rows = [r for r in read_csv(out / "order_similarity.csv") if r["split"] == "seen"]
+    by_setting = {r["setting"]: (r["n"], float(r["bfs"])) for r in rows}
+    assert by_setting == {"sft.lr=1e-4": ("2", pytest.approx(0.7)), "sft.lr=5e-4": ("1", 0.2)}
+    md = (out / "report.md").read_text()
+    assert "trained on mcts traces (sft.lr=5e-4) searches most like **dfs**" in md
+
+
 def test_plots_and_tensorboard(report: Path):
     for name in ("passk_maze_val", "passk_maze_test_unseen", "budget_maze", "compute_maze"):
         png = report / f"{name}.png"

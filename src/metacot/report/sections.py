@@ -130,25 +130,30 @@ def behaviour_section(evals: list[Evaluation]) -> Section:
 
 
 def order_similarity(evals: list[Evaluation]) -> tuple[Table, list[str]]:
-    """Rows (task, split, trained-on search, model) x columns (reference algorithm) of the mean
-    `order_similarity/<alg>` metric, plus a sentence per row naming the best match."""
+    """Rows (run group — task, trained-on search, format, model, setting — split, model) x columns
+    (reference algorithm) of the mean `order_similarity/<alg>` metric over the group's runs (its
+    seeds), plus a sentence per row naming the best match. Runs that differ in anything but the seed
+    stay apart, as in every other table."""
     prefix = "order_similarity/"
     algs = sorted({k[len(prefix):] for ev in evals for m in ev.metrics.values() for k in m
                    if k.startswith(prefix)})
-    table = Table("order_similarity", ["task", "split", "trained on", "stage", "n", *algs])
+    columns = ["task", "trained on", "format", "model", "setting", "split", "stage", "n"]
+    table = Table("order_similarity", [*columns, *algs])
     sentences = []
     if not algs:
         return table, sentences
     keyed = [(ev, s) for ev in evals for s in ev.metrics
              if any(ev.metric(s, prefix + a) is not None for a in algs)]
-    rows = group_by(keyed, lambda es: (es[0].run.task, SPLIT_ORDER.get(es[1], 2), es[1], es[0].run.search,
+    rows = group_by(keyed, lambda es: (es[0].run.group, SPLIT_ORDER.get(es[1], 2), es[1],
                                        stage_order(es[0].label), es[0].label))
-    for (task, _, split, search, _, label), members in rows.items():
+    for (group, _, split, _, label), members in rows.items():
         cells = [stat(ev.metric(s, prefix + a) for ev, s in members) for a in algs]
-        table.rows.append([task, split_label(split), search, label, len(members), *cells])
+        table.rows.append([*group, split_label(split), label, len(members), *cells])
         scored = [(c.mean, a) for c, a in zip(cells, algs, strict=True) if c.mean is not None]
         best, alg = max(scored)
-        table.bold.add((len(table.rows) - 1, 5 + algs.index(alg)))
-        sentences.append(f"{task}: the {label} model trained on {search} traces searches most like "
+        table.bold.add((len(table.rows) - 1, len(columns) + algs.index(alg)))
+        task, search, setting = group[0], group[1], group[4]
+        where = "" if setting == "-" else f" ({setting})"
+        sentences.append(f"{task}: the {label} model trained on {search} traces{where} searches most like "
                          f"**{alg}** on {split_label(split)} problems (similarity {best:.3f}).")
     return table, sentences
