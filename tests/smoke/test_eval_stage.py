@@ -149,7 +149,7 @@ def test_ckpt_hf_dir_and_lightning_ckpt_agree(tmp_path, monkeypatch):
 def test_own_model_results_are_reused_only_while_nothing_changed(tmp_path, monkeypatch):
     """A second identical eval of the experiment's own export (e.g. every job of an `algo=` sweep
     evaluating the same SFT model) reuses the saved results; a changed option, a re-trained model,
-    a tampered problems.json or eval.reuse=false evaluate again."""
+    other metacot code, a tampered problems.json or eval.reuse=false evaluate again."""
     import metacot.stages.eval as E
     from metacot.config import build
     from metacot.data.tokenizer import load_tokenizer
@@ -187,6 +187,9 @@ def test_own_model_results_are_reused_only_while_nothing_changed(tmp_path, monke
     kept = experiment_dir(cfg) / "eval" / "problems.json"
     kept.write_text(kept.read_text().replace("true", "false"))
     assert run()[0] == 1  # problems.json no longer the one metrics.json vouches for
+    assert run()[0] == 0
+    monkeypatch.setattr(E, "code_digest", lambda: "another metacot")  # e.g. a fixed parser
+    assert run()[0] == 1
     torch.manual_seed(1)
     build(cfg.model).build(tokenizer, int(cfg.data.max_tokens)).save_pretrained(export)  # re-trained weights
     assert run()[0] == 1

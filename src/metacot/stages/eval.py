@@ -15,6 +15,7 @@ reuses `<experiment>/eval/` (`eval_fingerprint`, `saved_results`); `eval.reuse=f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -124,7 +125,8 @@ def eval_fingerprint(model_dir: Path, dataset_dir: Path, options: EvalOptions, s
                      device: torch.device) -> dict[str, Any]:
     """What an evaluation's numbers depend on: the model directory's files (content hashes: a finished
     SFT run exports the same weights again on every pipeline run), the dataset (its manifest's hash),
-    the eval options (resolved; `reuse` aside), the splits and the device type."""
+    the eval options (resolved; `reuse` aside), the splits, the device type and metacot's own code (a
+    fix to a parser or metric must not be hidden behind old numbers)."""
     from metacot.data.records import read_manifest
 
     files = {}
@@ -135,7 +137,17 @@ def eval_fingerprint(model_dir: Path, dataset_dir: Path, options: EvalOptions, s
     evaluation = {k: v for k, v in asdict(options).items() if k != "reuse"}
     return {"model_dir": str(model_dir), "model_files": files, "dataset": str(dataset_dir),
             "dataset_hash": read_manifest(dataset_dir).get("config_hash"), "eval": evaluation,
-            "splits": list(splits), "device": device.type}
+            "splits": list(splits), "device": device.type, "code": code_digest()}
+
+
+@functools.cache
+def code_digest() -> str:
+    """A hash of every metacot source file (what scores a model: sampler, parsers, tasks, metrics)."""
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def saved_results(keep_dir: Path, fingerprint: dict[str, Any]) -> tuple[dict, dict, dict] | None:
