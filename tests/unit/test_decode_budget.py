@@ -39,3 +39,16 @@ def test_evaluate_refuses_an_unresolved_budget():
 
     with pytest.raises(ValueError, match="max_new_tokens is None"):
         evaluate(None, None, None, None, RECORDS, EvalOptions(max_new_tokens=None))
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"), ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"num_samples": -2}, "num_samples must be >= 0"), ({"n_problems": -1}, "n_problems must be >= 0"),
+    ({"temperature": -1.0}, "temperature >= 0"), ({"top_p": 0.0}, "top_p"),
+    ({"num_samples": 4, "temperature": 0.0}, "identical greedy samples"),
+])
+def test_bad_eval_options_are_refused_with_the_option_named(bad, match):
+    from metacot.eval.evaluator import EvalOptions
+
+    with pytest.raises(ValueError, match=match):
+        EvalOptions(**bad)

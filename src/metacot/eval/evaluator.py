@@ -56,6 +56,19 @@ class EvalOptions:
     force_mode: str | None = None  # Dualformer: "slow" / "fast" written as the completion's first word
     reuse: bool = True  # stage=eval, the experiment's own model: reuse its saved results when nothing changed
 
+    def __post_init__(self) -> None:
+        for key, least in (("n_problems", 0), ("batch_size", 1), ("num_samples", 0), ("num_examples", 0)):
+            if getattr(self, key) < least:
+                raise ValueError(f"eval.{key} must be >= {least}, got {getattr(self, key)}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"eval.max_new_tokens must be >= 1 (or null: twice the longest training completion), "
+                             f"got {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"eval needs temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ValueError(f"eval.num_samples={self.num_samples} with temperature 0 draws {self.num_samples} identical "
+                             "greedy samples per problem: set eval.temperature > 0 (pass@k) or eval.num_samples=0")
+
     @classmethod
     def from_any(cls, options: EvalOptions | dict[str, Any] | None) -> EvalOptions:
         if options is None:

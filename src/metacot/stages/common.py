@@ -17,13 +17,13 @@ from metacot.config import build, config_hash, plain
 
 
 def trace_engine(cfg: DictConfig) -> tuple[Any, Any, Any]:
-    """(task, search, linearization) built from their groups; an `eval.force_mode` the format
-    cannot honour fails here, before any work."""
+    """(task, search, linearization) built from their groups; bad eval options, or an
+    `eval.force_mode` the format cannot honour, fail here, before any work."""
     lin = build(cfg.linearization)
-    if "eval" in cfg:
+    if "eval" in cfg:  # every stage checks the eval options before any work (a pipeline evaluates last)
         from metacot.eval.evaluator import check_force_mode
 
-        check_force_mode(lin, cfg.eval.get("force_mode"))
+        check_force_mode(lin, build(cfg.eval).force_mode)
     return build(cfg.task), build(cfg.search), lin
 
 
