@@ -92,6 +92,17 @@ def test_gpt2_flops_skip_position_table():
 def test_llama_rejects_bad_heads():
     with pytest.raises(ValueError, match="divisible"):
         LlamaFactory(d_model=100, n_heads=3)
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        LlamaFactory(d_model=128, n_heads=4, n_kv_heads=3)
+
+
+@pytest.mark.parametrize("factory", [LlamaFactory, GPT2Factory])
+@pytest.mark.parametrize("bad, match", [({"n_layers": 0}, "model.n_layers must be an integer >= 1"),
+                                        ({"d_model": -8}, "model.d_model"), ({"n_heads": 2.5}, "model.n_heads"),
+                                        ({"dropout": 1.0}, r"model.dropout must be in \[0, 1\)")])
+def test_bad_sizes_are_refused_with_the_option_named(factory, bad, match):
+    with pytest.raises(ValueError, match=match):
+        factory(**bad)
 
 
 @pytest.fixture

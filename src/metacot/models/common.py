@@ -10,6 +10,14 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 
+def check_sizes(**sizes: int | float | None) -> None:
+    """`model.<name>` sizes must be positive integers (None: the factory's default); a clear error
+    here instead of one from deep inside `transformers`."""
+    for name, value in sizes.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"model.{name} must be an integer >= 1, got {value!r}")
+
+
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
     """pad/bos/eos ids for a model config; a tokenizer without a pad token pads with eos."""
     if tokenizer.eos_token_id is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from metacot.models.common import special_ids
+from metacot.models.common import check_sizes, special_ids
 
 
 class GPT2Factory:
@@ -23,8 +23,11 @@ class GPT2Factory:
         dropout: float = 0.0,
         init_std: float = 0.02,
     ):
+        check_sizes(d_model=d_model, n_layers=n_layers, n_heads=n_heads)
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
         self.name = name
         self.d_model = d_model
         self.n_layers = n_layers

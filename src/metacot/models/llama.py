@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from metacot.models.common import special_ids
+from metacot.models.common import check_sizes, special_ids
 
 
 def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:
@@ -29,8 +29,13 @@ class LlamaFactory:
         dropout: float = 0.0,
         init_std: float = 0.02,
     ):
+        check_sizes(d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff)
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        if n_kv_heads is not None and n_heads % n_kv_heads:
+            raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
         self.name = name
         self.d_model = d_model
         self.n_layers = n_layers
