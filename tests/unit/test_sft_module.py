@@ -233,3 +233,16 @@ def test_hf_export_loads_with_automodel_and_gives_the_same_logits(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, module.model(ids).logits, atol=1e-6)
     assert tok.eos_token == "</s>" and tok.pad_token_id == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
+@pytest.mark.parametrize("option", ["gpu", "fsdp"], ids=["one_device", "fsdp"])  # not "gpu": a marker keyword
+def test_gpu_trainers_without_cuda_say_what_to_run_instead(option):
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    factory = instantiate(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "trainer" / f"{option}.yaml"))
+    with pytest.raises(SystemExit, match=f"trainer={option} needs a CUDA GPU.*trainer=cpu"):
+        factory.build(None, max_steps=1)

@@ -43,6 +43,10 @@ class TrainerFactory:
             torch.set_float32_matmul_precision(self.float32_matmul_precision)
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
+        if str(self.accelerator).lower() in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise SystemExit(f"trainer={self.name} needs a CUDA GPU and torch sees none "
+                             f"(torch {torch.__version__}, torch.cuda.is_available() is False): run with "
+                             "trainer=cpu (or trainer=ddp for several CPU processes), or install a CUDA build of torch")
         args = {"accelerator": self.accelerator, "devices": self.devices, "num_nodes": self.num_nodes,
                 "strategy": self.make_strategy(model), "precision": self.precision,
                 "enable_progress_bar": self.enable_progress_bar, "use_distributed_sampler": False,
