@@ -374,3 +374,21 @@ def test_select_for_sft():
         select_for_sft(pids, correct, lengths, "longest")
     with pytest.raises(ValueError, match="differ"):
         select_for_sft(pids, correct[:3], lengths)
+
+
+@pytest.mark.parametrize("target, kwargs, ok", [
+    ("grpo.GRPOObjective", {}, False), ("dr_grpo.DrGRPOObjective", {}, False), ("dapo.DAPOObjective", {}, False),
+    ("ppo_clip.PPOClipObjective", {}, False), ("rloo.RLOOObjective", {}, False),
+    ("reinforce.ReinforceObjective", {"baseline": True}, False),
+    ("reinforce.ReinforceObjective", {"baseline": False}, True), ("reinforce_pp.ReinforcePPObjective", {}, True),
+])
+def test_group_baselines_need_two_samples_per_prompt(target, kwargs, ok):
+    import importlib
+
+    module, cls = target.split(".")
+    objective = getattr(importlib.import_module(f"metacot.rl.objectives.{module}"), cls)
+    if ok:
+        assert objective(group_size=1, **kwargs).group_size == 1
+    else:
+        with pytest.raises(ValueError, match="needs algo.group_size >= 2, got 1"):
+            objective(group_size=1, **kwargs)

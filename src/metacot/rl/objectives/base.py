@@ -116,6 +116,13 @@ class PreparedRollout:
     stats: dict[str, float]
 
 
+def require_groups(objective: str, group_size: int) -> None:
+    """Objectives whose baseline is the sample's group need two samples per prompt or more."""
+    if group_size < 2:
+        raise ValueError(f"algo={objective} compares each sample with the others of its group: it needs "
+                         f"algo.group_size >= 2, got {group_size} (with one sample every advantage is 0)")
+
+
 class PolicyObjective:
     """Base of every policy objective. Subclasses pick three plain functions (no string switch):
 

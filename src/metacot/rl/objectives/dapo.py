@@ -11,7 +11,7 @@ from functools import partial
 from torch import Tensor
 
 from metacot.rl.advantages import grpo_advantages, zero_variance_mask
-from metacot.rl.objectives.base import PolicyObjective, clipped_surrogate, token_mean
+from metacot.rl.objectives.base import PolicyObjective, clipped_surrogate, require_groups, token_mean
 
 
 class DAPOObjective(PolicyObjective):
@@ -31,6 +31,7 @@ class DAPOObjective(PolicyObjective):
         kl_mode: str = "none",
         kl_estimator: str = "k3",
     ) -> None:
+        require_groups(name, group_size)
         super().__init__(
             name, group_size, epochs_per_batch, clip_eps_low, clip_eps_high, kl_coef, kl_mode, kl_estimator
         )

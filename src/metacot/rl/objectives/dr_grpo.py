@@ -7,7 +7,12 @@ penalised less per token than short ones.
 from __future__ import annotations
 
 from metacot.rl.advantages import dr_grpo_advantages
-from metacot.rl.objectives.base import PolicyObjective, clipped_surrogate, sequence_sum_over_budget
+from metacot.rl.objectives.base import (
+    PolicyObjective,
+    clipped_surrogate,
+    require_groups,
+    sequence_sum_over_budget,
+)
 
 
 class DrGRPOObjective(PolicyObjective):
@@ -25,6 +30,7 @@ class DrGRPOObjective(PolicyObjective):
         kl_mode: str = "none",
         kl_estimator: str = "k3",
     ) -> None:
+        require_groups(name, group_size)
         super().__init__(
             name, group_size, epochs_per_batch, clip_eps, clip_eps, kl_coef, kl_mode, kl_estimator
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import partial
 
 from metacot.rl.advantages import grpo_advantages
-from metacot.rl.objectives.base import PolicyObjective, clipped_surrogate, sequence_mean
+from metacot.rl.objectives.base import PolicyObjective, clipped_surrogate, require_groups, sequence_mean
 
 
 class GRPOObjective(PolicyObjective):
@@ -26,6 +26,7 @@ class GRPOObjective(PolicyObjective):
         kl_mode: str = "loss",
         kl_estimator: str = "k3",
     ) -> None:
+        require_groups(name, group_size)
         super().__init__(
             name, group_size, epochs_per_batch, clip_eps, clip_eps, kl_coef, kl_mode, kl_estimator
         )

@@ -5,7 +5,7 @@ network (A_i = r_i − mean of its prompt, no std), token-level mean over the ba
 from __future__ import annotations
 
 from metacot.rl.advantages import group_mean_advantages
-from metacot.rl.objectives.base import PolicyObjective, clipped_surrogate, token_mean
+from metacot.rl.objectives.base import PolicyObjective, clipped_surrogate, require_groups, token_mean
 
 
 class PPOClipObjective(PolicyObjective):
@@ -23,6 +23,7 @@ class PPOClipObjective(PolicyObjective):
         kl_mode: str = "none",
         kl_estimator: str = "k3",
     ) -> None:
+        require_groups(name, group_size)
         super().__init__(
             name, group_size, epochs_per_batch, clip_eps, clip_eps, kl_coef, kl_mode, kl_estimator
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from metacot.rl.advantages import group_mean_advantages, group_view
-from metacot.rl.objectives.base import PolicyObjective, sequence_sum, unclipped_surrogate
+from metacot.rl.objectives.base import PolicyObjective, require_groups, sequence_sum, unclipped_surrogate
 
 
 def _no_baseline(rewards: Tensor, group_size: int) -> Tensor:
@@ -31,6 +31,8 @@ class ReinforceObjective(PolicyObjective):
         kl_mode: str = "none",
         kl_estimator: str = "k3",
     ) -> None:
+        if baseline:
+            require_groups(name, group_size)
         super().__init__(name, group_size, epochs_per_batch, 0.0, 0.0, kl_coef, kl_mode, kl_estimator)
         self.baseline = baseline
         # An instance attribute is not bound as a method, so a plain function works here.

@@ -7,7 +7,7 @@ same unclipped surrogate and sequence-sum aggregation as REINFORCE.
 from __future__ import annotations
 
 from metacot.rl.advantages import rloo_advantages
-from metacot.rl.objectives.base import PolicyObjective, sequence_sum, unclipped_surrogate
+from metacot.rl.objectives.base import PolicyObjective, require_groups, sequence_sum, unclipped_surrogate
 
 
 class RLOOObjective(PolicyObjective):
@@ -24,6 +24,5 @@ class RLOOObjective(PolicyObjective):
         kl_mode: str = "none",
         kl_estimator: str = "k3",
     ) -> None:
-        if group_size < 2:
-            raise ValueError("RLOO needs group_size >= 2")
+        require_groups(name, group_size)
         super().__init__(name, group_size, epochs_per_batch, 0.0, 0.0, kl_coef, kl_mode, kl_estimator)
