@@ -208,6 +208,8 @@ def test_bad_arguments_say_what_to_fix():
         BeamSearch(width=0)
     with pytest.raises(ValueError, match="rollout"):
         MCTSSearch(rollout="greedy")
+    with pytest.raises(ValueError, match="exploration must be >= 0"):
+        MCTSSearch(exploration=-1)
     with pytest.raises(ValueError, match="weight"):
         AStarSearch(weight=-1)
     with pytest.raises(ValueError, match="max_depth"):

@@ -50,6 +50,8 @@ class MCTSSearch(SearchAlgorithm):
         if rollout_depth < 0:
             raise ValueError(f"rollout_depth must be >= 0, got {rollout_depth}")
         self.iterations = iterations
+        if not exploration >= 0:
+            raise ValueError(f"exploration must be >= 0 (UCT's c; 0 = greedy on mean value), got {exploration}")
         self.exploration = exploration
         self.rollout = rollout
         self.rollout_depth = rollout_depth
