@@ -132,8 +132,11 @@ def eval_fingerprint(model_dir: Path, dataset_dir: Path, options: EvalOptions, s
     files = {}
     for p in sorted(model_dir.iterdir()):
         if p.is_file():
+            h = hashlib.sha256()
             with p.open("rb") as f:
-                files[p.name] = hashlib.file_digest(f, "sha256").hexdigest()
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            files[p.name] = h.hexdigest()
     evaluation = {k: v for k, v in asdict(options).items() if k != "reuse"}
     return {"model_dir": str(model_dir), "model_files": files, "dataset": str(dataset_dir),
             "dataset_hash": read_manifest(dataset_dir).get("config_hash"), "eval": evaluation,
