@@ -77,13 +77,22 @@ def test_sft_stage_trains_exports_logs_and_resumes(tmp_path, monkeypatch, caplog
     [hparams] = list((run_dir / "tensorboard").rglob("hparams.yaml"))  # the composed config, flattened
     assert "sft/lr: 0.003" in hparams.read_text() and "task/name: maze" in hparams.read_text()
 
-    # the same command again: resumes from last.ckpt, trains nothing, says so, exports again
+    # the same command again: resumes from last.ckpt, trains nothing, says so, keeps the export
+    from metacot.modules.export import EXPORT_INFO
     from metacot.train import run
 
+    assert json.loads((sft / "hf" / EXPORT_INFO).read_text()) == {"global_step": 4}
+    stamps = {p.name: p.stat().st_mtime_ns for p in (sft / "hf").iterdir()}
     caplog.set_level(logging.INFO)
     summary = run(_compose(tmp_path, monkeypatch))
-    assert summary["steps"] == 4 and "nothing left to do" in caplog.text
+    assert summary["steps"] == 4 and "nothing left to do" in caplog.text and "not exported again" in caplog.text
     assert summary["val_loss"] is not None and Path(summary["hf_dir"]) == sft / "hf"
+    assert {p.name: p.stat().st_mtime_ns for p in (sft / "hf").iterdir()} == stamps
+    # an export older than the checkpoint (a run stopped between its last save and its export) is redone
+    (sft / "hf" / EXPORT_INFO).write_text(json.dumps({"global_step": 3}))
+    run(_compose(tmp_path, monkeypatch))
+    assert json.loads((sft / "hf" / EXPORT_INFO).read_text()) == {"global_step": 4}
+    assert sorted(p.name for p in sft.iterdir() if p.name.startswith(".")) == []  # no staging left behind
 
     # a checkpoint whose recorded settings differ from this run's is refused, never resumed silently
     recorded = json.loads((sft / "run_config.json").read_text())

@@ -1,16 +1,25 @@
 """Export the trained model as a Hugging Face directory (`AutoModelForCausalLM.from_pretrained`).
 
 Global rank 0 writes; every rank must call `export_hf` (FSDP gathers the full weights with a
-collective, and all ranks wait for the files to exist before going on).
+collective, and all ranks wait for the files to exist before going on). The stages export into a
+staging directory and `publish` it by renaming, so a reader (or a crash) never sees half an export;
+`EXPORT_INFO` records the training step it holds, so a finished run is not exported again.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+
+log = logging.getLogger(__name__)
+EXPORT_INFO = "metacot_export.json"  # {"global_step": N}: which training step the export holds
 
 
 def _full_fsdp_state(root: torch.nn.Module) -> dict[str, torch.Tensor] | None:
@@ -48,8 +57,33 @@ def export_hf(trainer: L.Trainer, pl_module: L.LightningModule, tokenizer: Any, 
                 raise RuntimeError(f"FSDP export: missing {missing[:3]}, unexpected {unexpected[:3]}")
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
+        (out_dir / EXPORT_INFO).write_text(json.dumps({"global_step": trainer.global_step}) + "\n")
     trainer.strategy.barrier("export_hf")
     return out_dir
+
+
+def export_step(hf_dir: Path) -> int | None:
+    """The training step an export holds (None: no export there, or one without the record)."""
+    try:
+        return int(json.loads((Path(hf_dir) / EXPORT_INFO).read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def publish(staged: Path, final: Path, is_global_zero: bool) -> None:
+    """Move a finished export into place by renaming, so readers and parallel runs never see a
+    half-written mix (what was there before is removed after the swap)."""
+    if not is_global_zero:
+        return
+    old = final.with_name(f".{final.name}-old-{os.getpid()}")
+    try:
+        if final.exists():
+            final.rename(old)
+        staged.rename(final)
+    except OSError as e:  # another run published at the same moment: its model is the latest
+        log.warning("could not publish %s as %s (%s)", staged, final, e)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 def _tied_names(model: torch.nn.Module) -> set[str]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import statistics
 import time
 from dataclasses import asdict, replace
@@ -31,7 +29,7 @@ from metacot.config import build, config_hash, plain
 from metacot.eval.metrics import finite_or_none
 from metacot.eval.table import format_table
 from metacot.modules.callbacks import StopAndSave
-from metacot.modules.export import export_hf
+from metacot.modules.export import export_hf, publish
 from metacot.modules.rl import RLModule, RLOptions
 from metacot.rl.objectives import ExpertIterationObjective
 from metacot.rl.rollout import RolloutCollector
@@ -104,9 +102,11 @@ class RLStage(Stage):
             log.warning("stopped at RL step %d; %s was saved: run the same command again to resume",
                         module.rl_step, ckpt_dir / "last.ckpt")
             raise KeyboardInterrupt
-        hf_dir = export_hf(trainer, module, tokenizer, out_dir / "hf")
-        publish_latest(export_hf(trainer, module, tokenizer, out_dir / ".hf-latest"), out_dir.parent / "hf",
-                       trainer.is_global_zero)
+        hf_dir = out_dir / "hf"  # this run's model, and a copy as the experiment's latest RL model
+        publish(export_hf(trainer, module, tokenizer, out_dir / ".hf-staged"), hf_dir, trainer.is_global_zero)
+        publish(export_hf(trainer, module, tokenizer, out_dir / ".hf-latest"), out_dir.parent / "hf",
+                trainer.is_global_zero)
+        trainer.strategy.barrier("publish_hf")
         summary = summarize_run(module, out_dir, hf_dir, source, time.perf_counter() - t_start)
         if trainer.is_global_zero:
             for path in (out_dir / "metrics.json", Path(cfg.paths.run_dir) / "metrics.json"):
@@ -115,22 +115,6 @@ class RLStage(Stage):
                   f"{format_time_split(summary['time_split'])}\n"
                   f"(model: {hf_dir}, metrics: {out_dir / 'metrics.json'})", flush=True)
         return summary
-
-
-def publish_latest(staged: Path, latest: Path, is_global_zero: bool) -> None:
-    """Move a finished export to `<experiment>/rl/hf` (the experiment's latest RL model) by
-    renaming, so parallel runs of one experiment never leave a half-written mix there."""
-    if not is_global_zero:
-        return
-    old = latest.with_name(f".hf-old-{os.getpid()}")
-    try:
-        if latest.exists():
-            latest.rename(old)
-        staged.rename(latest)
-    except OSError as e:  # another run published at the same moment: its model is the latest
-        log.warning("could not publish %s as %s (%s)", staged, latest, e)
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(staged, ignore_errors=True)
 
 
 def load_policy(cfg: DictConfig, dataset_dir: Path) -> tuple[Any, Any, str]:

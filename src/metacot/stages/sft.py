@@ -23,7 +23,7 @@ from metacot.config import build, plain
 from metacot.data.datamodule import LinearizationAugment, TraceDataModule
 from metacot.linearization.base import Linearization
 from metacot.modules.callbacks import StopAndSave
-from metacot.modules.export import export_hf
+from metacot.modules.export import export_hf, export_step, publish
 from metacot.modules.sft import SFTConfig, SFTModule
 from metacot.stages.base import Stage, Terminated
 from metacot.stages.common import experiment_dir, new_token_budget, trace_engine
@@ -124,7 +124,12 @@ class SFTStage(Stage):
         train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         if has_val and (trainer.global_step % hp.val_every_steps or "val/loss" not in trainer.callback_metrics):
             trainer.validate(module, datamodule=dm, verbose=False)  # the final weights' numbers
-        hf_dir = export_hf(trainer, module, tokenizer, out_dir / "hf") if hp.export_hf else None
+        hf_dir = out_dir / "hf" if hp.export_hf else None
+        if hf_dir is not None and module.resumed_step == trainer.global_step == export_step(hf_dir):
+            log.info("%s already holds the model at step %d: not exported again", hf_dir, trainer.global_step)
+        elif hf_dir is not None:  # staged, then renamed into place: never half an export at <experiment>/sft/hf
+            publish(export_hf(trainer, module, tokenizer, out_dir / ".hf-staged"), hf_dir, trainer.is_global_zero)
+            trainer.strategy.barrier("publish_hf")
         summary = {
             "steps": trainer.global_step,
             "final_train_loss": train_metrics.get("train/loss"),
