@@ -123,8 +123,8 @@ class EvalStage(Stage):
 
 def eval_fingerprint(model_dir: Path, dataset_dir: Path, options: EvalOptions, splits: list[str],
                      device: torch.device) -> dict[str, Any]:
-    """What an evaluation's numbers depend on: the model directory's files (content hashes: a finished
-    SFT run exports the same weights again on every pipeline run), the dataset (its manifest's hash),
+    """What an evaluation's numbers depend on: the model directory's files (content hashes: the same
+    weights match however and whenever they were written), the dataset (its manifest's hash),
     the eval options (resolved; `reuse` aside), the splits, the device type and metacot's own code (a
     fix to a parser or metric must not be hidden behind old numbers)."""
     from metacot.data.records import read_manifest
