@@ -8,6 +8,8 @@ search, linearization and model and hashes the options that shape the data and t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +29,20 @@ def trace_engine(cfg: DictConfig) -> tuple[Any, Any, Any]:
     return build(cfg.task), build(cfg.search), lin
 
 
-def new_token_budget(tokenizer: Any, records: list[dict[str, Any]], context: int) -> int:
+def new_token_budget(tokenizer: Any, records: Iterable[dict[str, Any]], context: int) -> int:
     """Twice the longest training completion (+ eos), within the context left after the longest
     prompt: room to search longer than the reference, without decoding runaway loops for long.
     The default decode budget of RL rollouts, SFT validation and evaluation (first 2,000 records)."""
-    sample = records[:2000]
+    sample = list(islice(records, 2000))
     prompts = tokenizer([r["prompt"] for r in sample], add_special_tokens=False)["input_ids"]
     completions = tokenizer([r["completion"] for r in sample], add_special_tokens=False)["input_ids"]
     room = context - 1 - max(len(p) for p in prompts)
     return max(1, min(room, 2 * max(len(c) + 1 for c in completions)))
 
 
-def eval_options(cfg: DictConfig, tokenizer: Any, train: list[dict[str, Any]]) -> Any:
-    """`cfg.eval` built, its `max_new_tokens: null` resolved to `new_token_budget` of the training records."""
+def eval_options(cfg: DictConfig, tokenizer: Any, train: Iterable[dict[str, Any]]) -> Any:
+    """`cfg.eval` built, its `max_new_tokens: null` resolved to `new_token_budget` of the training
+    records (`train` may be a lazy iterator: it is read only then)."""
     from dataclasses import replace
 
     options = build(cfg.eval)

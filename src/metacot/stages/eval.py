@@ -21,7 +21,6 @@ import json
 import logging
 import time
 from dataclasses import asdict
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ class EvalStage(Stage):
         source = str(path)
         from metacot.data.records import iter_split, read_split
 
-        options: EvalOptions = eval_options(cfg, tokenizer, list(islice(iter_split(dataset_dir, "train"), 2000)))
+        options: EvalOptions = eval_options(cfg, tokenizer, iter_split(dataset_dir, "train"))
         log.info("eval: %s on %s (%s), up to %d new tokens", source, dataset_dir.name, device, options.max_new_tokens)
 
         own = not cfg.get("ckpt")  # the experiment's own model: its results are kept with it (and reused)
