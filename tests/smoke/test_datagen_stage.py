@@ -71,3 +71,23 @@ def test_bad_command_line_is_a_message_not_a_traceback(tmp_path, override, messa
     assert message in out.stderr
     assert "Traceback" not in out.stderr and "src/metacot" not in out.stderr
     assert dataset_dirs(tmp_path) == []
+
+
+def test_a_search_the_task_cannot_run_is_a_message_before_any_worker(tmp_path):
+    out = train(tmp_path, "task=maze", "search=dfs_sos", "data.train=20", "data.val=4", "data.test_unseen=4",
+                "data.workers=2", timeout=120)
+    assert out.returncode != 0
+    assert "error: invalid configuration: search.prune_threshold='target' names no numeric field" in out.stderr
+    assert "Traceback" not in out.stderr and "src/metacot" not in out.stderr
+    assert dataset_dirs(tmp_path) == [] and not any((tmp_path / "logs" / "data").iterdir())  # no leftovers
+
+
+def test_splits_left_empty_are_a_warning_that_says_why(tmp_path):
+    out = train(tmp_path, "task=maze", "data.train=20", "data.val=4", "data.test_unseen=0", "data.max_tokens=10",
+                "data.workers=1", timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning: split")]
+    assert len(warnings) == 2, out.stderr[-3000:]  # train and val; test_unseen asked for none
+    assert warnings[0].startswith("warning: split train has 0 records although data.train=20: 20 of its 20 traces "
+                                  "were longer than data.max_tokens=10 and dropped (data.overlong=drop)")
+    assert "raise data.max_tokens or set data.overlong=keep" in warnings[0] and "split val" in warnings[1]

@@ -3,8 +3,11 @@ determinism (byte-identical, any worker count), atomicity and the cache check.""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
+import stat
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from metacot.data import build as build_mod
 from metacot.data import shards
 from metacot.data.build import build_dataset, dataset_path
 from metacot.data.options import DataOptions
-from metacot.data.records import RECORD_FIELDS, SPLITS, read_manifest, read_split, why_untrusted
+from metacot.data.records import RECORD_FIELDS, SPLITS, read_manifest, read_split, why_empty, why_untrusted
 from metacot.data.tokenizer import load_tokenizer
 from metacot.linearization.base import Linearization, ParsedTrace
 from metacot.search.astar import AStarSearch
@@ -194,7 +197,16 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     assert why_untrusted(d, d.name.rsplit("-", 1)[1]) is None
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupt", "mismatched", "incomplete", "truncated_shard"])
+def overwrite_inside(shard: Path, n: int = 20) -> None:
+    """Damage `n` bytes in the middle of `shard`, keeping its size (a bad disk, a stray write)."""
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + n] = b"#" * n
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "mismatched", "incomplete", "truncated_shard",
+                                    "same_size_shard"])
 def test_untrusted_directory_is_rebuilt(tmp_path, capsys, damage):
     opts = small()
     d = build_dataset(*ENGINE, opts, tmp_path)
@@ -208,12 +220,17 @@ def test_untrusted_directory_is_rebuilt(tmp_path, capsys, damage):
         m = json.loads(manifest.read_text())
         m.update(config_hash="0" * 12) if damage == "mismatched" else m.update(complete=False)
         manifest.write_text(json.dumps(m))
-    else:
+    elif damage == "truncated_shard":
         shard = d / "train-00000.jsonl"
         shard.write_bytes(shard.read_bytes()[:100])
+    else:
+        overwrite_inside(d / "train-00000.jsonl")
     capsys.readouterr()
     assert build_dataset(*ENGINE, opts, tmp_path) == d
-    assert "rebuilding" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rebuilding" in err
+    if damage == "same_size_shard":
+        assert "because shard train-00000.jsonl does not match its checksum" in err
     assert files(d) == good
     assert sorted(p.name for p in tmp_path.iterdir()) == [d.name]
 
@@ -289,3 +306,94 @@ def test_dataset_key_is_stable_or_refused():
     lin.dropping = Opaque()
     with pytest.raises(TypeError, match="describe"):
         build_mod.dataset_key(ENGINE[0], ENGINE[1], lin, small())
+
+
+def test_manifest_records_each_shard_sha256(tmp_path):
+    d = build_dataset(*ENGINE, small(), tmp_path)
+    m = read_manifest(d)
+    names = [n for s in SPLITS for n in m["shards"][s]]
+    assert sorted(m["shard_sha256"]) == sorted(names) == sorted(m["shard_bytes"])
+    assert all(m["shard_sha256"][n] == hashlib.sha256((d / n).read_bytes()).hexdigest() for n in names)
+
+
+def test_manifest_without_checksums_is_trusted_on_sizes_and_a_bad_line_names_its_shard(tmp_path):
+    d = build_dataset(*ENGINE, small(), tmp_path)
+    digest = d.name.rsplit("-", 1)[1]
+    m = read_manifest(d)
+    del m["shard_sha256"]  # as a dataset built before checksums were recorded
+    (d / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
+    shard = d / "train-00000.jsonl"
+    lines = shard.read_bytes().split(b"\n")
+    lines[3] = lines[3][:10] + b"#" * 20 + lines[3][30:]  # same size, no longer JSON
+    shard.write_bytes(b"\n".join(lines))
+    assert why_untrusted(d, digest) is None  # no checksum to compare: sizes only, as before
+    with pytest.raises(ValueError, match=r"train-00000\.jsonl line 4 is not valid JSON .*delete .*rebuild"):
+        read_split(d, "train")
+    bad = bytearray(shard.read_bytes())
+    bad[5] = 0xFF  # not UTF-8 either
+    shard.write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match=r"train-00000\.jsonl line 1 is not valid JSON"):
+        read_split(d, "train")
+
+
+def test_empty_split_says_why():
+    base = {"counts": {"train": 0, "val": 3}, "problems": {"train": 50, "val": 3}, "traces": {"train": 50, "val": 3},
+            "unsolved_dropped": {"train": 0, "val": 0}, "config": {"data": {"train": 50, "val": 3}},
+            "overlong": {"policy": "drop", "max_tokens": 10, "count": {"train": 50, "val": 0}}}
+    assert why_empty(base, "val") is None
+    assert why_empty(base, "train") == ("50 of its 50 traces were longer than data.max_tokens=10 and dropped "
+                                        "(data.overlong=drop): raise data.max_tokens or set data.overlong=keep")
+    unsolved = {**base, "overlong": {"policy": "drop", "max_tokens": 10, "count": {"train": 0}},
+                "unsolved_dropped": {"train": 50}}
+    assert "50 of its 50 traces were unsolved and dropped (data.keep_unsolved=false)" in why_empty(unsolved, "train")
+    none_asked = {**base, "problems": {"train": 0}, "traces": {"train": 0}, "config": {"data": {"train": 0}}}
+    assert why_empty(none_asked, "train") == "data.train=0 asks for no train problems"
+
+
+class BrokenSearch(AStarSearch):
+    """A search option this task's problems cannot satisfy (as search=dfs_sos on mazes)."""
+
+    def run(self, task, problem, seed):
+        raise ValueError("search.prune_threshold='target' names no numeric field of the problem")
+
+
+def test_preflight_turns_a_combination_that_cannot_work_into_one_config_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(build_mod, "_pool", lambda *a: pytest.fail("started workers for a config that cannot work"))
+    with pytest.raises(build_mod.ConfigError, match="names no numeric field.*task=graph search=astar"):
+        build_dataset(ENGINE[0], BrokenSearch(), ENGINE[2], small(workers=2), tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_preflight_samples_every_split_asked_for(tmp_path):
+    class NoVal(GraphTask):
+        def sample_problems(self, split, n, seed):
+            if split == "val":
+                raise ValueError("val_fraction=0 leaves val empty")
+            return super().sample_problems(split, n, seed)
+
+    with pytest.raises(build_mod.ConfigError, match="val_fraction=0 leaves val empty"):
+        build_dataset(NoVal(), AStarSearch(), EventsLinearization(), small(), tmp_path)
+    d = build_dataset(NoVal(), AStarSearch(), EventsLinearization(), small(val=0), tmp_path)
+    assert read_manifest(d)["counts"]["val"] == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])  # 1: the check and the build share this process
+def test_preflight_changes_no_byte(tmp_path, monkeypatch, workers):
+    calls = []
+    real = shards.preflight
+    monkeypatch.setattr(shards, "preflight", lambda splits: (calls.append(splits), real(splits)))
+    with_check = build_dataset(*ENGINE, small(workers=workers), tmp_path / "a")
+    assert calls == [list(SPLITS)]
+    monkeypatch.setattr(shards, "preflight", lambda splits: None)
+    without = build_dataset(*ENGINE, small(workers=workers), tmp_path / "b")
+    assert with_check.name == without.name and files(with_check) == files(without)
+
+
+def test_a_dataset_is_as_readable_as_the_umask_allows(tmp_path):
+    old = os.umask(0o027)
+    try:
+        d = build_dataset(*ENGINE, small(train=10, val=2, test_unseen=2), tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o750  # mkdtemp's 0700 opened up as far as the umask says
+    assert stat.S_IMODE((d / "train-00000.jsonl").stat().st_mode) == 0o640

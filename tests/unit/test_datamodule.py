@@ -227,8 +227,28 @@ def test_overlong_examples_are_dropped_with_a_count(caplog):
 
 
 def test_everything_overlong_is_a_clear_error():
-    with pytest.raises(ValueError, match="no training examples fit"):
-        module(make_records(5, lo=30, hi=40), max_seq_len=16)
+    with pytest.raises(ValueError, match="no training examples fit the context: all 5 train records .* "
+                                         "longer than max_seq_len=16 tokens .*keep.*raise data.max_tokens"):
+        module(make_records(5, lo=30, hi=40), max_seq_len=16, overlong_policy="keep")
+
+
+def built_manifest(train: int, records: int, overlong: int = 0, unsolved: int = 0) -> dict:
+    """The parts of a dataset manifest that say why a split is empty."""
+    return {"counts": {"train": records}, "problems": {"train": train}, "traces": {"train": train},
+            "unsolved_dropped": {"train": unsolved}, "config": {"data": {"train": train}},
+            "overlong": {"policy": "drop", "max_tokens": 10, "count": {"train": overlong}}}
+
+
+@pytest.mark.parametrize(("manifest", "why"), [
+    (None, r"0 records \(data.train=0, or the build dropped every train trace as overlong or unsolved"),
+    (built_manifest(0, 0), r"0 records \(data.train=0 asks for no train problems\)"),
+    (built_manifest(50, 0, overlong=50), r"0 records \(50 of its 50 traces were longer than data.max_tokens=10"),
+    (built_manifest(50, 0, unsolved=50), r"0 records \(50 of its 50 traces were unsolved and dropped"),
+], ids=["no-manifest", "train=0", "overlong", "unsolved"])
+def test_an_empty_train_split_says_why_not_that_nothing_fits(manifest, why):
+    with pytest.raises(ValueError, match="no training examples: the dataset's train split has " + why) as e:
+        module([], val=make_records(3), manifest=manifest)
+    assert "fit the context" not in str(e.value)
 
 
 def drop_words(record, rng):

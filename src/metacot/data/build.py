@@ -30,6 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from metacot.atomic import umask
 from metacot.data import shards
 from metacot.data.options import DataOptions
 from metacot.data.records import (
@@ -86,6 +87,11 @@ def dataset_path(task: Any, search: Any, linearization: Any, options: DataOption
     return Path(root) / f"{task.name}-{search.name}-{linearization.name}-{digest}"
 
 
+class ConfigError(ValueError):
+    """The task, search and format fail on a first problem, before any worker started: a
+    configuration mistake (e.g. a search option that names a field this task's problems lack)."""
+
+
 def check_options(search: Any, options: DataOptions) -> None:
     """Option combinations that cannot work (ValueError with what to change)."""
     if options.traces_per_problem > 1 and not getattr(search, "shuffle", False):
@@ -116,7 +122,7 @@ def build_dataset(task: Any, search: Any, linearization: Any, options: DataOptio
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_builds(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{_HOST}-{os.getpid()}-", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a dataset is as readable as any file
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; a dataset is as readable as any file
     try:
         _build_into(tmp, task, search, linearization, options, key, digest)
         _install(tmp, target, digest)
@@ -142,12 +148,6 @@ def _remove_dead_builds(target: Path) -> None:
         pid = tmp.name[len(f".{target.name}.tmp-{_HOST}-"):].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _alive(pid: int) -> bool:
@@ -179,6 +179,7 @@ def _build_into(tmp: Path, task: Any, search: Any, lin: Any, options: DataOption
                                model_max_length=options.max_tokens)
     tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
     init_args = (task, search, lin, str(tmp / TOKENIZER_DIR / "tokenizer.json"), options, str(tmp))
+    _preflight(init_args)
     shards_needed = -(-sum(options.counts.values()) // options.shard_size)
     workers = max(1, min(options.num_workers(), shards_needed))  # no idle processes for small builds
     pool = _pool(workers, init_args)
@@ -210,6 +211,23 @@ def _build_into(tmp: Path, task: Any, search: Any, lin: Any, options: DataOption
              "cpu_us_per_trace": round(1e6 * cpu / max(traces, 1), 1)}
     (tmp / BUILD_STATS).write_text(json.dumps(stats, indent=1) + "\n")
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")  # last: marks it complete
+
+
+def _preflight(init_args: tuple) -> None:
+    """Run the workers' code on one problem here first, so that a combination that cannot work is
+    one ConfigError rather than a traceback from inside the pool. It writes nothing, and every
+    random choice is seeded from the job (`shards.derive_seed`), so the dataset does not change."""
+    task, search, lin, _tokenizer, options = init_args[:5]
+    splits = [s for s in SPLITS if options.counts[s] > 0]
+    if not splits:
+        return
+    shards.init_worker(*init_args)
+    try:
+        shards.preflight(splits)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{e} (task={task.name} search={search.name} linearization={lin.name})") from e
+    finally:
+        shards._STATE.clear()
 
 
 def _pool(workers: int, init_args: tuple) -> Any:

@@ -32,6 +32,7 @@ from metacot.data.collate import (
     encode_prompt,
 )
 from metacot.data.packing import Batch, RunPlan, length_batches, pack_rows
+from metacot.data.records import why_empty
 
 __all__ = ["IGNORE_INDEX", "LinearizationAugment", "TraceDataModule", "encode_example", "encode_prompt"]
 
@@ -173,7 +174,8 @@ class TraceDataModule(L.LightningDataModule):
     training example rounded up to 64, capped at `max_seq_len` (dense attention over a packed
     row costs row_width^2, so rows much longer than the examples waste compute).
     `total_batches` is this rank's number of micro-batches for the run; None asks the attached
-    Trainer (`max_steps x accumulate_grad_batches`).
+    Trainer (`max_steps x accumulate_grad_batches`). `manifest` (the dataset's) lets an empty
+    train split say why it is empty.
     """
 
     def __init__(self, train_records: Sequence[dict[str, Any]], val_records: Sequence[dict[str, Any]],
@@ -181,7 +183,8 @@ class TraceDataModule(L.LightningDataModule):
                  pack_width: int | None = None, loss_on_prompt: bool = False, seed: int = 0,
                  num_workers: int = 0, val_examples: int | None = None,
                  augment: Callable[[dict[str, Any], random.Random], str] | None = None,
-                 total_batches: int | None = None, overlong_policy: str | None = None):
+                 total_batches: int | None = None, overlong_policy: str | None = None,
+                 manifest: dict[str, Any] | None = None):
         super().__init__()
         if max_seq_len < 2 or batch_tokens < 1:
             raise ValueError(f"need max_seq_len >= 2 and batch_tokens >= 1, got {max_seq_len}, {batch_tokens}")
@@ -202,7 +205,7 @@ class TraceDataModule(L.LightningDataModule):
         self.val = _Examples(val_records, tokenizer, loss_on_prompt, None, seed)
         self.dropped = {"train": self._drop_overlong(self.train, "train"), "val": self._drop_overlong(self.val, "val")}
         if not self.train.records:
-            raise ValueError("no training examples fit the context: raise data.max_tokens or check the dataset")
+            raise ValueError(self._no_train_examples(manifest))
         longest = max(len(ids) for ids, _ in self.train.base)
         self.width = min(max_seq_len, pack_width or -(-(longest + 8) // 64) * 64)
         self.rows_per_batch = max(1, batch_tokens // self.width)
@@ -218,6 +221,19 @@ class TraceDataModule(L.LightningDataModule):
             log.warning("dropped %d of %d %s examples longer than max_seq_len=%d tokens%s; traces are never split",
                         dropped, dropped + len(examples.records), split, self.max_seq_len, policy)
         return dropped
+
+    def _no_train_examples(self, manifest: dict[str, Any] | None) -> str:
+        """Why there is nothing to train on: an empty train split (data.train=0, or the build
+        dropped every trace: the manifest says which), or records none of which fits the context."""
+        dropped = self.dropped["train"]
+        if dropped:
+            policy = f" (the dataset's overlong policy: {self.overlong_policy})" if self.overlong_policy else ""
+            return (f"no training examples fit the context: all {dropped} train records of the dataset are longer "
+                    f"than max_seq_len={self.max_seq_len} tokens{policy}; raise data.max_tokens")
+        reason = why_empty(manifest, "train") if manifest is not None else None
+        reason = reason or ("data.train=0, or the build dropped every train trace as overlong or unsolved: "
+                            "its manifest.json counts them")
+        return f"no training examples: the dataset's train split has 0 records ({reason})"
 
     @property
     def val_records(self) -> list[dict[str, Any]]:

@@ -1,12 +1,13 @@
 """A dataset on disk: its manifest (made here), its splits, and whether it can be trusted.
 
 A dataset directory is trusted only when `manifest.json` is complete, its `config_hash` is the
-one asked for, and every shard it lists is on disk with the size it recorded (see
-docs/ARCHITECTURE.md, "Dataset on disk").
+one asked for, and every shard it lists is on disk with the size and (when recorded, as builds
+since `shard_sha256` do) the sha256 it recorded (see docs/ARCHITECTURE.md, "Dataset on disk").
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,14 +56,27 @@ def why_untrusted(dataset_dir: str | Path, config_hash: str) -> str | None:
     if not (d / TOKENIZER_DIR / "tokenizer.json").is_file():
         return "its tokenizer is missing"
     sizes = manifest.get("shard_bytes", {})
-    for split, names in manifest.get("shards", {}).items():
-        for name in names:
-            path = d / name
-            if not path.is_file():
-                return f"shard {name} of split {split} is missing"
-            if path.stat().st_size != sizes.get(name):
-                return f"shard {name} has {path.stat().st_size} bytes, the manifest says {sizes.get(name)}"
+    names = [(split, name) for split, split_names in manifest.get("shards", {}).items() for name in split_names]
+    for split, name in names:  # sizes first: a cheap check that catches truncated and missing shards
+        path = d / name
+        if not path.is_file():
+            return f"shard {name} of split {split} is missing"
+        if path.stat().st_size != sizes.get(name):
+            return f"shard {name} has {path.stat().st_size} bytes, the manifest says {sizes.get(name)}"
+    digests = manifest.get("shard_sha256")  # absent in datasets built before it was recorded
+    if digests is not None:
+        for _split, name in names:
+            if file_sha256(d / name) != digests.get(name):
+                return f"shard {name} does not match its checksum (corrupted on disk?)"
     return None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def iter_split(dataset_dir: str | Path, split: str) -> Iterator[dict[str, Any]]:
@@ -71,14 +85,46 @@ def iter_split(dataset_dir: str | Path, split: str) -> Iterator[dict[str, Any]]:
     if split not in manifest["shards"]:
         raise KeyError(f"split {split!r} is not in {dataset_dir} (it has {sorted(manifest['shards'])})")
     for name in manifest["shards"][split]:
-        with open(Path(dataset_dir) / name, encoding="utf-8") as f:
-            for line in f:
+        path = Path(dataset_dir) / name
+        with open(path, "rb") as f:  # bytes: json.loads decodes UTF-8, and bad bytes fail there too
+            for number, line in enumerate(f, start=1):
                 if line.strip():
-                    yield json.loads(line)
+                    yield _record(line, path, number)
+
+
+def _record(line: bytes, path: Path, number: int) -> dict[str, Any]:
+    """One JSON line; a damaged one is an error that names the shard, the line and the way out."""
+    try:
+        return json.loads(line)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(
+            f"{path} line {number} is not valid JSON ({e}): the dataset is damaged; delete {path.parent} "
+            "and run again to rebuild it"
+        ) from None
 
 
 def read_split(dataset_dir: str | Path, split: str) -> list[dict[str, Any]]:
     return list(iter_split(dataset_dir, split))
+
+
+def why_empty(manifest: dict[str, Any], split: str) -> str | None:
+    """Why `split` of a built dataset holds no record, and what to change (None when it holds some)."""
+    if manifest["counts"].get(split):
+        return None
+    if manifest.get("config", {}).get("data", {}).get(split) == 0:
+        return f"data.{split}=0 asks for no {split} problems"
+    if not manifest["problems"].get(split):
+        return f"the task gave no {split} problems"
+    traces, overlong = manifest["traces"].get(split, 0), manifest["overlong"]
+    reasons = []
+    if overlong["policy"] == "drop" and overlong["count"].get(split):
+        reasons.append(f"{overlong['count'][split]} of its {traces} traces were longer than data.max_tokens="
+                       f"{overlong['max_tokens']} and dropped (data.overlong=drop): raise data.max_tokens "
+                       "or set data.overlong=keep")
+    if manifest["unsolved_dropped"].get(split):
+        reasons.append(f"{manifest['unsolved_dropped'][split]} of its {traces} traces were unsolved and dropped "
+                       "(data.keep_unsolved=false): set data.keep_unsolved=true or give the search more budget")
+    return "; ".join(reasons) or f"none of its {traces} traces was kept"
 
 
 def token_stats(values: list[int]) -> dict[str, Any]:
@@ -119,5 +165,6 @@ def make_manifest(key: dict[str, Any], digest: str, options: Any, problems: dict
                      "count": {s: total(s, "overlong") for s in SPLITS}},
         "shards": {s: [r.name for r in by_split[s]] for s in SPLITS},
         "shard_bytes": {r.name: r.bytes for r in results},
+        "shard_sha256": {r.name: r.sha256 for r in results},
         "complete": True,
     }

@@ -94,20 +94,46 @@ class ShardResult:
     cpu_seconds: float = 0.0  # this worker's CPU time for the shard (timing only, not in the manifest)
     trace_tokens: list[int] = field(default_factory=list)
     sequence_tokens: list[int] = field(default_factory=list)
+    sha256: str = ""  # of the shard's bytes (hashed here, where they are in memory: cheap)
 
 
 def render_shard(job: tuple[str, int, str, int, list[dict[str, Any]]]) -> ShardResult:
     """Search, render, count and write one shard; record ids are global problem indices x traces."""
     split, index, name, first, problems = job
     start = time.process_time()
+    res = ShardResult(split, index, name)
+    lines = render_records(res, first, problems)
+    data = b"\n".join(lines) + b"\n" if lines else b""
+    with open(_STATE["out_dir"] / name, "wb") as f:
+        f.write(data)
+    res.records, res.bytes, res.sha256 = len(lines), len(data), hashlib.sha256(data).hexdigest()
+    res.cpu_seconds = time.process_time() - start
+    return res
+
+
+def preflight(splits: list[str]) -> None:
+    """Sample one problem of each of `splits`, then search, render and count the first one as
+    `render_shard` does, writing nothing: a task/search/format combination that cannot work raises
+    here, once, in the process that builds, instead of in every worker."""
+    searched = False
+    for split in splits:
+        problems, _ = sample_chunk((split, 0, 1))
+        if problems and not searched:
+            render_records(ShardResult(split, 0, ""), 0, problems[:1])
+            searched = True
+
+
+def render_records(res: ShardResult, first: int, problems: list[dict[str, Any]]) -> list[bytes]:
+    """The JSON lines of `problems` (global indices from `first`) for split `res.split`; counts
+    traces, drops and tokens into `res`."""
+    split = res.split
     task, search, lin = _STATE["task"], _STATE["search"], _STATE["lin"]
     options: DataOptions = _STATE["options"]
     counter, render = _STATE["counter"], lin.render_counted
     per_problem = options.traces_per_problem if split == "train" else 1
     drop_unsolved = split == "train" and not options.keep_unsolved
     drop_overlong = options.overlong == "drop"
-    res = ShardResult(split, index, name)
-    lines: list[str] = []
+    lines: list[bytes] = []
     optimal_lengths = task.optimal_lengths(problems)  # batched: one vectorised call for some tasks
     for i, (problem, optimal) in enumerate(zip(problems, optimal_lengths, strict=True), start=first):
         seen: set[str] = set()
@@ -137,9 +163,4 @@ def render_shard(job: tuple[str, int, str, int, list[dict[str, Any]]]) -> ShardR
             }))
             res.trace_tokens.append(n_trace)
             res.sequence_tokens.append(n_seq)
-    data = b"\n".join(lines) + b"\n" if lines else b""
-    with open(_STATE["out_dir"] / name, "wb") as f:
-        f.write(data)
-    res.records, res.bytes = len(lines), len(data)
-    res.cpu_seconds = time.process_time() - start
-    return res
+    return lines

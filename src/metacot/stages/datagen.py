@@ -6,6 +6,7 @@ run: the dataset for the configured task, search, format and data options is bui
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from metacot.config import build
-from metacot.data.build import build_dataset, check_options, dataset_key
-from metacot.data.records import SPLITS, read_manifest
+from metacot.data.build import ConfigError, build_dataset, check_options, dataset_key
+from metacot.data.records import SPLITS, read_manifest, why_empty
 from metacot.stages.base import Stage
 from metacot.stages.common import trace_engine
 
@@ -28,7 +29,10 @@ def ensure_dataset(cfg: DictConfig) -> Path:
         dataset_key(task, search, lin, options)  # a missing data.tokenizer.path fails here
     except (InstantiationException, ValueError, TypeError, FileNotFoundError) as e:  # a config mistake
         raise SystemExit(f"error: invalid configuration: {e}") from None
-    return build_dataset(task, search, lin, options, Path(cfg.paths.data_dir))
+    try:
+        return build_dataset(task, search, lin, options, Path(cfg.paths.data_dir))
+    except ConfigError as e:  # the combination failed on its first problem, before the workers started
+        raise SystemExit(f"error: invalid configuration: {e}") from None
 
 
 def summary_text(path: Path, manifest: dict[str, Any]) -> str:
@@ -47,6 +51,14 @@ def summary_text(path: Path, manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def empty_split_warnings(manifest: dict[str, Any]) -> list[str]:
+    """A warning for each split that was asked for problems and ended with no record (a build that
+    "succeeded" with nothing to train or evaluate on), saying why and what to change."""
+    asked = manifest.get("config", {}).get("data", {})
+    return [f"warning: split {split} has 0 records although data.{split}={asked[split]}: {why_empty(manifest, split)}"
+            for split in SPLITS if asked.get(split) and not manifest["counts"][split]]
+
+
 class DatagenStage(Stage):
     name = "datagen"
 
@@ -54,6 +66,8 @@ class DatagenStage(Stage):
         path = ensure_dataset(cfg)
         manifest = read_manifest(path)
         print(summary_text(path, manifest), flush=True)
+        for warning in empty_split_warnings(manifest):
+            print(warning, file=sys.stderr, flush=True)
         return {
             "dataset_dir": str(path),
             "counts": manifest["counts"],
