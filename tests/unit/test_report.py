@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from metacot.report.__main__ import main
-from metacot.report.collect import Run, share_overrides
+from metacot.report.collect import Run, evaluations, load_runs, share_overrides
+from metacot.report.curves import passk_section
+from metacot.report.figures import FigureSink, legend_labels, passk_figure
 from metacot.report.tables import stat
 
 TRACEBACK = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nRuntimeError: out of memory'
@@ -258,3 +260,88 @@ def test_stat_and_setting():
     assert run.setting == "sft.lr=0.1"
     assert Run("r", Path("."), "failed", [], {}, {}, error="ValueError: bad\nmore").error_line == "ValueError: bad"
     assert Run("r", Path("."), "failed", [], {}, {}, error=TRACEBACK, error_message="E: x").error_line == "E: x"
+
+
+def rl_eval_run(d: Path, model_info: dict | None) -> None:
+    """A `stage=eval stage.source=rl` run whose own config says algo=grpo (the default)."""
+    cfg = {**config("astar", 0, "eval"), "stage": {"name": "eval", "source": "rl"}}
+    stage = eval_stage(metrics(0.5), metrics(0.25))
+    if model_info is not None:
+        stage["model_info"] = model_info
+    write(d, results(cfg, ["stage=eval", "stage.source=rl"], {"eval": stage}))
+
+
+def test_rl_eval_is_labelled_by_the_algo_that_trained_the_model(tmp_path: Path):
+    """`stage.source=rl` evaluates the latest RL export, whatever algo trained it: the label comes from
+    the export's own record (`model_info`), not from the eval run's `algo` config."""
+    rl_eval_run(tmp_path / "runs" / "0", {"source": "rl", "path": "exp/rl/hf", "algo": "rloo", "reward": "outcome",
+                                          "global_step": 40})
+    runs, _ = load_runs([tmp_path / "runs"])
+    [ev] = evaluations(runs)
+    assert (runs[0].algo, ev.label, ev.algo) == ("grpo", "rl:rloo", "rloo")
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert {(r["label"], r["algo"]) for r in read_csv(out / "runs.csv")} == {("rl:rloo", "rloo")}
+
+
+@pytest.mark.parametrize("model_info", [None, {"source": "rl", "path": "exp/rl/hf"}], ids=["old", "no-algo"])
+def test_rl_eval_without_a_recorded_algo_falls_back_to_the_run_config(tmp_path: Path, model_info: dict | None):
+    rl_eval_run(tmp_path / "0", model_info)
+    [ev] = evaluations(load_runs([tmp_path])[0])
+    assert ev.label == "rl:grpo"
+
+
+def test_sft_eval_with_model_info_stays_sft(tmp_path: Path):
+    write(tmp_path / "0", results(config("astar", 0, "eval"), ["stage=eval"], {
+        "eval": {**eval_stage(metrics(0.5), metrics(0.25)), "model_info": {"source": "sft", "global_step": 10}}}))
+    [ev] = evaluations(load_runs([tmp_path])[0])
+    assert ev.label == "sft"
+
+
+class RecordingSink(FigureSink):
+    """Keeps the figures instead of writing them."""
+
+    def __init__(self):
+        super().__init__(Path("."))
+        self.figures: dict = {}
+
+    def save(self, name: str, fig) -> str:
+        self.figures[name] = fig
+        return f"{name}.png"
+
+
+def legend(fig) -> tuple[list[str], str]:
+    box = fig.axes[0].get_legend()
+    return [t.get_text() for t in box.get_texts()], box.get_title().get_text()
+
+
+def test_passk_legend_shows_only_what_differs_between_the_runs(tmp_path: Path):
+    """Runs of a mixed report that differ in one override: the legend names that override, not every
+    override the figure's runs share (those go once into the legend's title)."""
+    shared = ["data.train=48", "sft.max_steps=2000", "trainer=gpu", "stage=pipeline_rl"]
+    for i, lr in enumerate(["1e-4", "5e-4"]):
+        write(tmp_path / str(i), results(config("astar", 0), [*shared, f"sft.lr={lr}"], {
+            "eval": eval_stage(metrics(0.5, **{"pass@1": 0.5, "pass@2": 0.6}), metrics(0.25))}))
+    write(tmp_path / "2", results({**config("astar", 0), "task": {"name": "countdown"}}, ["task=countdown"], {
+        "eval": eval_stage(metrics(0.5, **{"pass@1": 0.5}), metrics(0.25))}))  # another task: nothing common
+    runs, _ = load_runs([tmp_path])
+    sink = RecordingSink()
+    passk_section(evaluations(runs), sink)
+    labels, title = legend(sink.figures["passk_maze_val"])
+    assert labels == ["astar/compact sft.lr=1e-4 sft", "astar/compact sft.lr=5e-4 sft",
+                      "astar symbolic sft.lr=1e-4", "astar symbolic sft.lr=5e-4"]
+    assert title == "data.train=48 sft.max_steps=2000\nstage=pipeline_rl trainer=gpu"  # shared, once
+    assert all(len(line) <= 36 for text in [*labels, title] for line in text.splitlines())
+
+
+def test_legend_labels_drop_shared_words_and_go_outside_when_long():
+    assert legend_labels(["a x=1 sft", "a x=2 sft"]) == (["x=1", "x=2"], "a sft")
+    assert legend_labels(["a b", "b a"]) == (["a b", "b a"], "")  # would be empty: kept whole
+    assert legend_labels(["only one label"]) == (["only one label"], "")
+    curves = {f"astar/compact seed={i} " + "long.override=" + "x" * 60: {1: 0.1 * i, 2: 0.2} for i in range(8)}
+    fig = passk_figure(curves, {}, "t")
+    labels, _ = legend(fig)
+    assert labels == [f"seed={i}" for i in range(8)]
+    box = fig.axes[0].get_legend()
+    fig.canvas.draw()
+    assert box.get_window_extent().x0 > fig.axes[0].get_window_extent().x1  # beside the axes, not over them

@@ -3,7 +3,9 @@
 Global rank 0 writes; every rank must call `export_hf` (FSDP gathers the full weights with a
 collective, and all ranks wait for the files to exist before going on). The stages export into a
 staging directory and `publish` it by renaming, so a reader (or a crash) never sees half an export;
-`EXPORT_INFO` records the training step it holds, so a finished run is not exported again.
+`EXPORT_INFO` records the training step it holds, so a finished run is not exported again, and
+what the stage adds to it (`publish(info=...)`: the RL stage its algo and reward), so whoever reads
+the export later (eval, the report) knows which training produced it, not just what it is called.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import lightning as L
 import torch
 
 log = logging.getLogger(__name__)
-EXPORT_INFO = "metacot_export.json"  # {"global_step": N}: which training step the export holds
+EXPORT_INFO = "metacot_export.json"  # {"global_step": N, **info}: the training step it holds, and its provenance
 
 
 def _full_fsdp_state(root: torch.nn.Module) -> dict[str, torch.Tensor] | None:
@@ -62,28 +64,49 @@ def export_hf(trainer: L.Trainer, pl_module: L.LightningModule, tokenizer: Any, 
     return out_dir
 
 
+def export_info(hf_dir: Path) -> dict[str, Any]:
+    """The export's `EXPORT_INFO` record (`global_step` and what `publish` added), or {} when the
+    file is missing or unreadable: provenance is informative, so reading it never fails a stage."""
+    try:
+        info = json.loads((Path(hf_dir) / EXPORT_INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def export_step(hf_dir: Path) -> int | None:
     """The training step an export holds (None: no export there, or one without the record)."""
     try:
-        return int(json.loads((Path(hf_dir) / EXPORT_INFO).read_text())["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(export_info(hf_dir)["global_step"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 
-def publish(staged: Path, final: Path, is_global_zero: bool) -> None:
+def publish(staged: Path, target: Path, is_rank_zero: bool, info: dict[str, Any] | None = None) -> None:
     """Move a finished export into place by renaming, so readers and parallel runs never see a
-    half-written mix (what was there before is removed after the swap)."""
-    if not is_global_zero:
+    half-written mix (what was there before is removed after the swap). `info` (JSON-able: e.g. the
+    algo and reward that trained it) is merged into the export's `EXPORT_INFO` first, so the record
+    moves with the weights it describes."""
+    if not is_rank_zero:
         return
-    old = final.with_name(f".{final.name}-old-{os.getpid()}")
+    if info:
+        _add_info(staged, info)
+    old = target.with_name(f".{target.name}-old-{os.getpid()}")
     try:
-        if final.exists():
-            final.rename(old)
-        staged.rename(final)
+        if target.exists():
+            target.rename(old)
+        staged.rename(target)
     except OSError as e:  # another run published at the same moment: its model is the latest
-        log.warning("could not publish %s as %s (%s)", staged, final, e)
+        log.warning("could not publish %s as %s (%s)", staged, target, e)
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(staged, ignore_errors=True)
+
+
+def _add_info(staged: Path, info: dict[str, Any]) -> None:
+    """Merge `info` into the staged export's record (`global_step`, written by `export_hf`, is kept
+    unless `info` sets it)."""
+    record = {**export_info(staged), **info}
+    (Path(staged) / EXPORT_INFO).write_text(json.dumps(record, sort_keys=True, default=str) + "\n")
 
 
 def _tied_names(model: torch.nn.Module) -> set[str]:

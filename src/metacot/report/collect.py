@@ -166,11 +166,22 @@ class Evaluation:
     def metric(self, split: str, key: str) -> float | None:
         return finite(self.metrics.get(split, {}).get(key))
 
+    @property
+    def algo(self) -> str:
+        """The RL algo that trained the evaluated model (from its label), else the run's `algo`."""
+        return self.label[3:] if self.label.startswith("rl:") else self.run.algo
+
 
 def model_label(run: Run, stage: str) -> str:
-    """What a metrics stage evaluated: `eval_rl` (or `eval` with `stage.source: rl`) the RL model,
-    `eval` the SFT model; any other stage keeps its own name."""
-    source = _dict(run.config.get("stage")).get("source")
+    """What a metrics stage evaluated: `eval_rl` (or `eval` of an RL model) the RL model, `eval` the
+    SFT model; any other stage keeps its own name. An RL model is named by the algo that trained it,
+    as the eval recorded it (`model_info`, from the export itself): `stage.source=rl` evaluates the
+    latest RL export whatever trained it, so the eval run's own `algo` is only a fallback, for
+    results written before `model_info` existed."""
+    info = _dict(_dict(run.stages.get(stage)).get("model_info"))
+    if info.get("algo"):
+        return f"rl:{info['algo']}"
+    source = info.get("source") or _dict(run.config.get("stage")).get("source")
     if stage.endswith("_rl") or (stage == "eval" and source == "rl"):
         return f"rl:{run.algo}"
     return "sft" if stage == "eval" else stage
@@ -280,7 +291,7 @@ def metric_rows(evals: list[Evaluation]) -> tuple[list[str], list[dict[str, Any]
             keys.update(metrics)
             rows.append({"run": r.name, "status": r.status, "stage": ev.stage, "label": ev.label,
                          "split": split, "task": r.task, "search": r.search, "linearization": r.linearization,
-                         "model": r.model, "algo": r.algo, "seed": r.seed, "overrides": " ".join(r.overrides),
+                         "model": r.model, "algo": ev.algo, "seed": r.seed, "overrides": " ".join(r.overrides),
                          "train_tokens": r.train_tokens, "num_parameters": r.num_parameters,
                          "config_hash": r.config_hash, **metrics})
     ordered = [k for k in ROWS if k in keys]

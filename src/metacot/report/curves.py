@@ -56,7 +56,8 @@ def curve_label(group: tuple, label: str, models: int) -> str:
 
 
 def symbolic_label(search: str, setting: str) -> str:
-    return f"{search} symbolic" + (f" [{setting}]" if setting != "-" else "")
+    """Words like the model curves' (`legend_labels` drops the ones every curve shares)."""
+    return f"{search} symbolic" + (f" {setting}" if setting != "-" else "")
 
 
 def _symbolic(evals: list[Evaluation], split: str, key: str = "symbolic_solve_rate") -> dict[tuple, Stat]:

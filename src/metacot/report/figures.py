@@ -7,12 +7,17 @@ never changes the process-wide backend and works without a display.
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+LEGEND_INSIDE_LINES = 6  # a longer legend goes beside the axes: inside it would cover the curves
+LEGEND_WIDTH = 36  # characters per legend line (longer labels wrap)
+LEGEND_MAX_LINES = 3  # lines per legend entry (the rest is cut, marked "…")
 
 
 class FigureSink:
@@ -60,9 +65,39 @@ def _axes(title: str) -> tuple[Figure, Any]:
     return fig, ax
 
 
+def legend_labels(labels: list[str]) -> tuple[list[str], str]:
+    """(labels, shared) for curves drawn together: the words every label has (e.g. overrides all
+    runs of the figure share, the one model of all curves) are dropped from each label and returned
+    once as `shared`, so a legend entry says only how its curve differs from the others. Labels stay
+    whole when that would leave one empty or make two the same."""
+    words = [label.split() for label in labels]
+    shared = set.intersection(*(set(w) for w in words)) if len(words) > 1 else set()
+    short = [" ".join(w for w in ws if w not in shared) for ws in words]
+    if not shared or not all(short) or len(set(short)) < len(set(labels)):
+        return list(labels), ""
+    return short, " ".join(w for w in words[0] if w in shared)
+
+
+def _wrap(text: str) -> str:
+    lines = textwrap.wrap(text, LEGEND_WIDTH, break_on_hyphens=False, max_lines=LEGEND_MAX_LINES, placeholder=" …")
+    return "\n".join(lines) or text
+
+
 def _finish(fig: Figure, ax: Any) -> Figure:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize="small")
+    """Legend and layout: short wrapped labels (`legend_labels`, their shared words as the legend's
+    title), beside the axes when they would not fit inside without covering the curves."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        short, shared = legend_labels(labels)
+        texts = [_wrap(label) for label in short]
+        title = _wrap(shared) if shared else None
+        lines = sum(t.count("\n") + 1 for t in texts) + (title.count("\n") + 1 if title else 0)
+        if lines > LEGEND_INSIDE_LINES:  # widen the figure by the legend so the axes keep their size
+            fig.set_figwidth(fig.get_figwidth() + 0.075 * LEGEND_WIDTH)
+            ax.legend(handles, texts, title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                      fontsize="small", title_fontsize="small")
+        else:
+            ax.legend(handles, texts, title=title, loc="best", fontsize="small", title_fontsize="small")
     with warnings.catch_warnings():  # many long labels: an untightened layout is still a readable plot
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
