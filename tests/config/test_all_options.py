@@ -35,10 +35,10 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_instantiates(group, option):
-    prefix = ""  # experiment and debug are `optional` entries of the defaults list
+    prefix = ""  # experiment is an `optional` entry of the defaults list
     cfg = _compose([f"{prefix}{group}={option}"])
     OmegaConf.resolve(cfg)  # every interpolation resolves
-    node = cfg.get(group) if group not in ("experiment", "debug") else None
+    node = cfg.get(group) if group != "experiment" else None
     if node is not None and "_target_" in node:
         obj = instantiate(node, _convert_="all")
         assert obj is not None

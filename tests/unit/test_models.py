@@ -154,3 +154,13 @@ def test_pretrained_takes_pad_id_from_tokenizer(tmp_path):
     model.config.pad_token_id = None
     model.save_pretrained(tmp_path)
     assert PretrainedFactory(path=str(tmp_path)).build(tok, 32).config.pad_token_id == 0  # not eos (2)
+
+
+def test_pretrained_model_is_in_train_mode_like_a_built_one(saved_model):
+    """from_pretrained returns eval mode; SFT must fine-tune with the checkpoint's dropout on (and
+    Lightning warns about modules in eval mode at the start of training)."""
+    path, _, tok = saved_model
+    built = GPT2Factory(d_model=32, n_layers=2, n_heads=2).build(tok, 64)
+    loaded = PretrainedFactory(path=str(path)).build(tok, max_seq_len=64)
+    assert built.training and all(m.training for m in built.modules())
+    assert loaded.training and all(m.training for m in loaded.modules())

@@ -73,4 +73,6 @@ class PretrainedFactory:
             if model.config.pad_token_id is None:
                 pad = tokenizer.pad_token_id
                 model.config.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
-        return model
+        # from_pretrained returns eval mode; a factory's model is for training (as a freshly built one
+        # is): left in eval mode, SFT would run without the checkpoint's dropout (evaluators call .eval())
+        return model.train()
