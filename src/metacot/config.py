@@ -10,13 +10,32 @@ import hashlib
 import json
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from metacot.errors import BadValue
+
 
 def build(node: Any, **kwargs: Any) -> Any:
-    """Instantiate `node` (which has a `_target_`), converting nested configs to plain containers."""
-    return instantiate(node, _convert_="all", **kwargs)
+    """Instantiate `node` (which has a `_target_`), converting nested configs to plain containers.
+    A value the target rejects (its ValueError or TypeError, e.g. `sft.max_steps must be an integer
+    >= 1`) is the user's mistake: it leaves as `errors.BadValue` with the target's own message,
+    instead of Hydra's InstantiationException wrapped around it."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, (ValueError, TypeError)):
+            raise BadValue(f"{cause} (in {_target_of(node)})") from e
+        raise
+
+
+def _target_of(node: Any) -> str:
+    try:
+        return str(node["_target_"])
+    except Exception:  # noqa: BLE001 - only for the message
+        return "the config"
 
 
 def plain(node: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from metacot import interrupts
 from metacot.sweep import register_resolvers
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -56,6 +58,7 @@ def run_job(cfg: DictConfig) -> float | None:
     """One job with its `results.json` record. Under `-m`: a job complete for the same config is
     skipped (`rerun=true` runs it again), and a job that raises is recorded as failed without
     stopping the sweep. A single run re-raises, so its exit status says what happened."""
+    from metacot.errors import UsageError
     from metacot.stages.base import Terminated
     from metacot.sweep import JobRecord, objective_of, stage_summaries
 
@@ -74,12 +77,22 @@ def run_job(cfg: DictConfig) -> float | None:
     record.start()
     try:
         summary = run(cfg) or {}
+        if interrupts.sigterm_received():  # its exception was swallowed somewhere: still a stop
+            raise interrupts.SignalTerminated("SIGTERM")
     except (KeyboardInterrupt, Terminated) as e:  # told to stop: the whole sweep stops
         record.finish("interrupted", error=e)
         raise
-    except (Exception, SystemExit) as e:  # this job failed (SystemExit: a user error with its message)
+    except BaseException as e:
+        if interrupts.sigterm_received():  # SIGTERM struck inside an import or a library: another error came out
+            record.finish("interrupted", error=e)
+            raise interrupts.SignalTerminated("SIGTERM") from e
+        if not isinstance(e, (Exception, SystemExit)):
+            raise
+        # this job failed (SystemExit: a user error with its message)
         record.finish("failed", error=e)
         if not multirun:
+            if isinstance(e, UsageError):  # the message says what to do; a traceback would not help
+                raise SystemExit(f"error: {e}") from None
             raise
         log.error("job failed (the sweep goes on): %s: %s\n  details: %s", type(e).__name__, e, record.path)
         return None
@@ -89,12 +102,26 @@ def run_job(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Console-script entry (`metacot-train`) and the target of the root `train.py` shim."""
+    """Console-script entry (`metacot-train`) and the target of the root `train.py` shim.
+    Ctrl-C exits with 130 and SIGTERM with 143, each after its job is recorded as interrupted."""
+    from metacot.stages.base import Terminated
+
+    signal.signal(signal.SIGTERM, interrupts.on_sigterm)
     try:
         _hydra_main()
+    except interrupts.SignalTerminated:
+        log.warning("terminated (SIGTERM)")
+        sys.exit(SIGTERM_STATUS)
     except KeyboardInterrupt:
         log.warning("interrupted")
         sys.exit(130)
+    except Terminated as e:
+        if e.code not in (None, SIGTERM_STATUS):
+            print(e.code, file=sys.stderr)
+        sys.exit(SIGTERM_STATUS)
+
+
+SIGTERM_STATUS = 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

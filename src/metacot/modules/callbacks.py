@@ -17,6 +17,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from metacot import interrupts
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,20 @@ class StopAndSave(L.Callback):
         self.interrupted = False
         self._requested = False
         self._previous: Any = None
+        self._fitting = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and not self._fitting:  # SIGTERM is this loop's to handle (metacot.interrupts)
+            self._fitting = True
+            interrupts.fit_started()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._fit_ended()
+
+    def _fit_ended(self) -> None:  # teardown, or on_exception (Lightning skips teardown hooks then)
+        if self._fitting:
+            self._fitting = False
+            interrupts.fit_ended()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after Lightning has recorded the signal handlers it restores at teardown
@@ -63,15 +79,16 @@ class StopAndSave(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         log.info("saved %s at step %d", self.path, trainer.global_step)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
+        self._fit_ended()
         if isinstance(exception, SIGTERMException):
             self.interrupted = True
             try:
-                trainer.save_checkpoint(self.path)
+                trainer.save_checkpoint(self.path, weights_only=False)
                 log.warning("SIGTERM: saved %s at step %d", self.path, trainer.global_step)
             except FloatingPointError as e:  # non-finite weights: keep the older checkpoint
                 log.error("SIGTERM: not saving: %s", e)

@@ -330,7 +330,7 @@ class RLModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Periodic last.ckpt (the end, Ctrl-C and SIGTERM are `StopAndSave`'s)."""
         if self.checkpoint_path is not None and self._stepped and self.rl_step % self.options.save_every == 0:
-            self.trainer.save_checkpoint(self.checkpoint_path)
+            self.trainer.save_checkpoint(self.checkpoint_path, weights_only=False)  # full state (and no INFO line)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
