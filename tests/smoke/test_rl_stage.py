@@ -161,3 +161,8 @@ def test_pipeline_rl_evaluates_the_rl_model_last(tmp_path, monkeypatch):
     evaluated = json.loads(Path(summary["eval_rl"]["metrics_path"]).read_text())["config"]["model_source"]
     assert evaluated == str(experiment_dir(cfg) / "rl" / "hf")
     assert summary["eval_rl"]["metrics"]["val"]["num_problems"] == 2
+    # the RL export records what trained it, and the eval reports it (a report labels the model by it)
+    info = summary["eval_rl"]["model_info"]
+    assert info["source"] == "rl" and info["algo"] == cfg.algo.name and info["reward"] == cfg.reward.name
+    assert info["global_step"] >= 1 and summary["eval"]["model_info"]["source"] == "sft"
+    assert "algo" not in summary["eval"]["model_info"]

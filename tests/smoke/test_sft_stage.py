@@ -116,3 +116,47 @@ def test_train_tokens_sets_the_step_count_from_the_packing_fill(tmp_path, monkey
     assert summary["steps"] == -(-budget // per_step) and summary["steps"] < 100
     assert budget <= summary["train_tokens"] < budget + per_step + 1
     assert summary["num_parameters"] > 0
+
+
+def test_checkpoints_stay_in_last_ckpt_across_a_stop_and_a_resume(tmp_path, monkeypatch):
+    """A run stopped early (Ctrl-C) and resumed keeps saving to `last.ckpt`, the one file a resume
+    reads: Lightning's version counter once sent the resumed run's periodic saves to last-v1.ckpt."""
+    import metacot.stages.sft as sft_stage
+    from metacot.modules.callbacks import StopAndSave
+    from metacot.train import run
+
+    class StopAtTwo(StopAndSave):  # a Ctrl-C during step 2 of the first run
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 2 and not getattr(self, "once", False):
+                self.once = self._requested = True
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    extra = ("sft.ckpt_every_steps=3", "sft.max_steps=5", "sft.export_hf=false", "sft.solve_rate_problems=0")
+    monkeypatch.setattr(sft_stage, "StopAndSave", StopAtTwo)
+    with pytest.raises(KeyboardInterrupt):
+        run(_compose(tmp_path, monkeypatch, *extra))
+    [exp] = list((tmp_path / "logs" / "experiments").iterdir())
+    ckpts = exp / "sft" / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+    monkeypatch.setattr(sft_stage, "StopAndSave", StopAndSave)
+    saved = []  # every checkpoint file the resumed run writes, in order
+    real_save = sft_stage.L.Trainer.save_checkpoint
+    monkeypatch.setattr(sft_stage.L.Trainer, "save_checkpoint",
+                        lambda self, path, *a, **k: (saved.append((Path(path).name, self.global_step)),
+                                                     real_save(self, path, *a, **k))[1])
+    assert run(_compose(tmp_path, monkeypatch, *extra))["steps"] == 5
+    assert ("last.ckpt", 3) in saved and {name for name, _ in saved} <= {"last.ckpt", "best.ckpt"}, saved
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_run_shorter_than_the_validation_interval_still_has_a_best_checkpoint(tmp_path, monkeypatch):
+    """With sft.max_steps below sft.val_every_steps the only validation is the closing one, after
+    fit: its weights become best.ckpt and its score the summary's best (both were None)."""
+    from metacot.train import run
+
+    summary = run(_compose(tmp_path, monkeypatch, "sft.max_steps=2", "sft.val_every_steps=5",
+                           "sft.solve_rate_problems=0", "sft.export_hf=false"))
+    assert summary["steps"] == 2
+    assert summary["best_loss"] is not None and summary["best_loss"] == pytest.approx(summary["val_loss"])
+    best = torch.load(summary["best_ckpt"], map_location="cpu", weights_only=False)
+    assert Path(summary["best_ckpt"]).name == "best.ckpt" and best["global_step"] == 2

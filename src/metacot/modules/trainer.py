@@ -9,10 +9,22 @@ itself, hence `use_distributed_sampler=False`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
 import torch
+
+
+def single_lightning_log() -> None:
+    """Print each Lightning message once. The `lightning` package gives its logger a console handler
+    of its own and lets it propagate too, so under Hydra's logging (root console + the run's log
+    file) every message came out twice: keep root's, which also writes the run's log file."""
+    if logging.getLogger().handlers:
+        logger = logging.getLogger("lightning")
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
 
 
 class TrainerFactory:
@@ -47,6 +59,7 @@ class TrainerFactory:
             raise SystemExit(f"trainer={self.name} needs a CUDA GPU and torch sees none "
                              f"(torch {torch.__version__}, torch.cuda.is_available() is False): run with "
                              "trainer=cpu (or trainer=ddp for several CPU processes), or install a CUDA build of torch")
+        single_lightning_log()
         args = {"accelerator": self.accelerator, "devices": self.devices, "num_nodes": self.num_nodes,
                 "strategy": self.make_strategy(model), "precision": self.precision,
                 "enable_progress_bar": self.enable_progress_bar, "use_distributed_sampler": False,

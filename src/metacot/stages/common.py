@@ -16,17 +16,32 @@ from typing import Any
 from omegaconf import DictConfig
 
 from metacot.config import build, config_hash, plain
+from metacot.errors import user_input
 
 
 def trace_engine(cfg: DictConfig) -> tuple[Any, Any, Any]:
-    """(task, search, linearization) built from their groups; bad eval options, or an
-    `eval.force_mode` the format cannot honour, fail here, before any work."""
+    """(task, search, linearization) built from their groups. Every stage calls this first, so the
+    options of every stage in the config (sft, eval, algo, reward, rl) are checked here, before any
+    work: a bad `rl.steps` fails a pipeline before datagen and SFT, not after them. So does an
+    `eval.force_mode` the format cannot honour. So is a local model directory (`model=pretrained
+    model.path=...`): its tokenizer becomes the dataset's, and a wrong path should be named as the
+    model's, not as `data.tokenizer.path` (which defaults to it)."""
     lin = build(cfg.linearization)
-    if "eval" in cfg:  # every stage checks the eval options before any work (a pipeline evaluates last)
-        from metacot.eval.evaluator import check_force_mode
+    model = build(cfg.model) if cfg.get("model") is not None else None
+    if hasattr(model, "directory"):
+        with user_input():
+            model.directory()
+    for group in STAGE_OPTION_GROUPS:
+        if cfg.get(group) is not None:
+            options = build(cfg[group])
+            if group == "eval":
+                from metacot.eval.evaluator import check_force_mode
 
-        check_force_mode(lin, build(cfg.eval).force_mode)
+                check_force_mode(lin, options.force_mode)
     return build(cfg.task), build(cfg.search), lin
+
+
+STAGE_OPTION_GROUPS = ("sft", "eval", "algo", "reward", "rl")  # validated when built, side-effect free
 
 
 def new_token_budget(tokenizer: Any, records: Iterable[dict[str, Any]], context: int) -> int:

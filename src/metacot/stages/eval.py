@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metacot.atomic import finite, write_json
 from metacot.config import build, plain
+from metacot.errors import BadValue, MissingInput, user_input
 from metacot.eval.evaluator import EvalOptions, evaluate
 from metacot.eval.metrics import finite_or_none
 from metacot.eval.plots import passk_curve, plot_passk
@@ -59,8 +60,10 @@ class EvalStage(Stage):
         dataset_dir = ensure_dataset(cfg)  # built if absent, like every stage that needs one
         device = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if self.device == "auto" else self.device))
-        model, tokenizer = load_model(cfg, path, dataset_dir, device)
+        with user_input():  # the model to evaluate: ckpt=..., or model=pretrained model.path=...
+            model, tokenizer = load_model(cfg, path, dataset_dir, device)
         source = str(path)
+        model_info = provenance(path, "ckpt" if cfg.get("ckpt") else self.source)
         from metacot.data.records import iter_split, read_split
 
         options: EvalOptions = eval_options(cfg, tokenizer, iter_split(dataset_dir, "train"))
@@ -89,6 +92,7 @@ class EvalStage(Stage):
 
         summary = {
             "splits": {s: finite_or_none(m) for s, m in results.items()},
+            "model_info": model_info,
             "examples": examples,
             "config": {
                 "experiment": experiment_key(cfg), "model": "ckpt" if cfg.get("ckpt") else self.source,
@@ -112,12 +116,28 @@ class EvalStage(Stage):
         behaviour = sorted({k for m in results.values() for k in m if k.startswith("order_similarity/")})
         if behaviour:  # which algorithm the model's expansion order is closest to
             table += "\n\n" + format_table(labelled, rows=behaviour)
-        print(f"\neval of {source}\n{table}\n(metrics: {run_dir / 'metrics.json'})", flush=True)
+        print(f"\neval of {source}{describe_provenance(model_info)}\n{table}\n(metrics: {run_dir / 'metrics.json'})", flush=True)
 
         first = self.splits[0] if self.splits else None
         objective = results[first]["solve_rate"] if first else None
         return {"metrics": results, "metrics_path": str(run_dir / "metrics.json"), "tensorboard_dir": tb_dir,
-                "objective": objective, "problems": problems, "model_source": source}
+                "objective": objective, "problems": problems, "model_source": source, "model_info": model_info}
+
+
+def provenance(path: Path, source: str) -> dict[str, Any]:
+    """Where the evaluated model came from: `source` (sft, rl or ckpt), its path, and what its export
+    recorded (training step; for RL, the objective and reward that trained it) — so a report labels
+    the model by its own history, not by this eval run's config."""
+    from metacot.modules.export import export_info
+
+    return {"source": source, "path": str(path), **(export_info(path) if path.is_dir() else {})}
+
+
+def describe_provenance(info: dict[str, Any]) -> str:
+    parts = [f"{k} {info[k]}" for k in ("algo", "reward") if info.get(k)]
+    if info.get("global_step") is not None:
+        parts.append(f"step {info['global_step']}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def eval_fingerprint(model_dir: Path, dataset_dir: Path, options: EvalOptions, splits: list[str],
@@ -180,7 +200,7 @@ def reference_searches(names: list[str] | tuple[str, ...]) -> dict[str, Any]:
     available = sorted(p.stem for p in search_dir.glob("*.yaml"))
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise ValueError(f"eval.behaviour names unknown search algorithms {unknown}: use names of "
+        raise BadValue(f"eval.behaviour names unknown search algorithms {unknown}: use names of "
                          f"{search_dir}/<name>.yaml, i.e. any of {available} (or eval.behaviour=[] to turn it off)")
     return {n: build(OmegaConf.load(search_dir / f"{n}.yaml")) for n in names}
 
@@ -191,15 +211,18 @@ def model_path(cfg: DictConfig, source: str = "sft") -> Path:
     if cfg.get("ckpt"):
         path = Path(str(cfg.ckpt)).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"ckpt={cfg.ckpt} does not exist: pass an HF model directory "
+            raise MissingInput(f"ckpt={cfg.ckpt} does not exist: pass an HF model directory "
                                     "(config.json + weights) or a Lightning .ckpt file")
         if not path.is_dir() and path.suffix != ".ckpt":
-            raise ValueError(f"ckpt={cfg.ckpt} is neither a directory nor a .ckpt file: pass an HF model "
-                             "directory or a Lightning checkpoint (e.g. <experiment>/sft/checkpoints/best.ckpt)")
+            raise BadValue(f"ckpt={cfg.ckpt} is neither a directory nor a .ckpt file: pass an HF model "
+                           "directory or a Lightning checkpoint (e.g. <experiment>/sft/checkpoints/best.ckpt)")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise MissingInput(f"ckpt={cfg.ckpt} has no config.json: it is not a Hugging Face model directory "
+                               "(pass the folder save_pretrained wrote, e.g. <experiment>/sft/hf, or a .ckpt)")
         return path
     path = experiment_dir(cfg) / source / "hf"
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no {source.upper()} model for this experiment at {path}. Train it first with\n"
             f"    python train.py stage={source} {_overrides_without_stage()}\n"
             "or evaluate another model with ckpt=/path/to/hf_dir_or.ckpt" + other_trainings(cfg, source)
@@ -227,9 +250,13 @@ def _load_hf(path: Path, dataset_dir: Path) -> tuple[Any, Any]:
     from metacot.data.tokenizer import load_tokenizer
 
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face model directory "
-                                "(pass the folder save_pretrained wrote, e.g. <experiment>/sft/hf)")
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        raise MissingInput(f"{path} has no config.json: it is not a Hugging Face model directory "
+                           "(pass the folder save_pretrained wrote, e.g. <experiment>/sft/hf)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:  # an unreadable config.json or weights
+        raise BadValue(f"{path} cannot be loaded as a Hugging Face causal LM ({type(e).__name__}: {e}); "
+                       "pass a directory written by save_pretrained, e.g. <experiment>/sft/hf") from e
     tok_dir = path if (path / "tokenizer.json").is_file() else dataset_dir / "tokenizer"
     return model, load_tokenizer(tok_dir)
 
@@ -237,16 +264,25 @@ def _load_hf(path: Path, dataset_dir: Path) -> tuple[Any, Any]:
 def _load_lightning(cfg: DictConfig, path: Path, tokenizer: Any) -> Any:
     """Rebuild the model from `cfg.model` and load the LightningModule's `model.*` weights."""
     model = build(cfg.model).build(tokenizer, max_seq_len=int(cfg.data.max_tokens))
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    state = ckpt.get("state_dict", ckpt)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file: torch raises many kinds
+        raise BadValue(f"{path} is not a checkpoint torch can read ({type(e).__name__}: {e}); pass a Lightning "
+                       ".ckpt of stage=sft or stage=rl, or an HF model directory") from e
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
     prefix = "model."
     weights = {k[len(prefix):].replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)}
     if not weights:
-        raise ValueError(f"{path} holds no `model.*` weights: is it a checkpoint of stage=sft or stage=rl?")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+        raise BadValue(f"{path} holds no `model.*` weights: is it a checkpoint of stage=sft or stage=rl?")
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shapes differ: another model size, or another task's vocabulary
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:300])
+        raise BadValue(f"{path} does not fit model={cfg.model.name} with this dataset's tokenizer ({first}): "
+                       "evaluate it with the model=... and task/data overrides it was trained with") from e
     missing = [k for k in missing if k not in _tied_keys(model)]
     if missing or unexpected:
-        raise ValueError(
+        raise BadValue(
             f"{path} does not fit model={cfg.model.name} (missing {missing[:3]}, unexpected {unexpected[:3]}): "
             "evaluate it with the same model=... overrides it was trained with"
         )

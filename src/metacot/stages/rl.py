@@ -16,6 +16,7 @@ import json
 import logging
 import statistics
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from metacot.config import build, config_hash, plain
+from metacot.errors import MissingInput, user_input
 from metacot.eval.metrics import finite_or_none
 from metacot.eval.table import format_table
 from metacot.modules.callbacks import StopAndSave
@@ -59,6 +61,7 @@ class RLStage(Stage):
         options: RLOptions = build(cfg.rl)
         objective = build(cfg.algo)
         task, _, lin = trace_engine(cfg)
+        policy_path(cfg)  # a missing SFT model fails before the dataset is built
         dataset_dir = ensure_dataset(cfg)
         policy, tokenizer, source = load_policy(cfg, dataset_dir)
         train = read_split(dataset_dir, "train")
@@ -85,8 +88,11 @@ class RLStage(Stage):
         if hasattr(factory, "layer_classes"):  # FSDP: see fsdp_wrap and full_precision_params
             factory.wrap = fsdp_wrap(factory, policy)
             factory.full_precision_params = True
+        # No Lightning progress bar: an RL run is one endless epoch to it ("Epoch 0/-2"); the module
+        # logs every RL step with its reward instead.
         trainer = factory.build(policy, max_steps=-1, max_epochs=-1, callbacks=[stop], logger=logger,
-                                default_root_dir=str(out_dir), log_every_n_steps=1, enable_checkpointing=False)
+                                default_root_dir=str(out_dir), log_every_n_steps=1, enable_checkpointing=False,
+                                enable_progress_bar=False)
         log.info("rl: %s from %s, G=%d, %d prompts/step/rank, %d steps, max %d new tokens, reward %r%s",
                  objective, source, module.group_size, options.prompts_per_step, options.steps, max_new, reward,
                  f", resuming from {ckpt_path}" if ckpt_path else "")
@@ -94,7 +100,9 @@ class RLStage(Stage):
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             logger.log_hyperparams(_flatten(plain(cfg)))
         try:
-            trainer.fit(module, ckpt_path=ckpt_path)
+            with warnings.catch_warnings():  # the frozen reference model is in eval mode on purpose
+                warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+                trainer.fit(module, ckpt_path=ckpt_path)
         except SIGTERMException:
             raise Terminated(f"terminated at RL step {module.rl_step}; {ckpt_dir / 'last.ckpt'} was saved: "
                              "run the same command again to resume") from None
@@ -103,9 +111,10 @@ class RLStage(Stage):
                         module.rl_step, ckpt_dir / "last.ckpt")
             raise KeyboardInterrupt
         hf_dir = out_dir / "hf"  # this run's model, and a copy as the experiment's latest RL model
-        publish(export_hf(trainer, module, tokenizer, out_dir / ".hf-staged"), hf_dir, trainer.is_global_zero)
+        info = {"stage": "rl", "algo": objective.name, "reward": reward.name, "run": out_dir.name}
+        publish(export_hf(trainer, module, tokenizer, out_dir / ".hf-staged"), hf_dir, trainer.is_global_zero, info)
         publish(export_hf(trainer, module, tokenizer, out_dir / ".hf-latest"), out_dir.parent / "hf",
-                trainer.is_global_zero)
+                trainer.is_global_zero, info)
         trainer.strategy.barrier("publish_hf")
         summary = summarize_run(module, out_dir, hf_dir, source, time.perf_counter() - t_start)
         if trainer.is_global_zero:
@@ -121,20 +130,27 @@ def load_policy(cfg: DictConfig, dataset_dir: Path) -> tuple[Any, Any, str]:
     """(model, tokenizer, source): `init_from` (HF dir or .ckpt) or the experiment's SFT export."""
     from metacot.stages.eval import load_model
 
+    path = policy_path(cfg)
+    with user_input(f"the model RL starts from ({path})"):
+        model, tokenizer = load_model(cfg, path, dataset_dir, torch.device("cpu"))
+    return model, tokenizer, str(path)
+
+
+def policy_path(cfg: DictConfig) -> Path:
+    """The model RL starts from, checked before any work: `init_from` or the experiment's SFT export."""
     if cfg.get("init_from"):
         path = Path(str(cfg.init_from)).expanduser()
         if not path.exists() or not (path.is_dir() or path.suffix == ".ckpt"):
-            raise FileNotFoundError(f"init_from={cfg.init_from} is not an HF model directory or a Lightning "
-                                    ".ckpt file (e.g. <experiment>/sft/hf or <experiment>/sft/checkpoints/best.ckpt)")
-    else:
-        path = experiment_dir(cfg) / "sft" / "hf"
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no SFT model for this experiment at {path}. Train it first with\n"
-                f"    python train.py stage=sft {_sft_overrides()}\n"
-                "or start RL from another model with init_from=/path/to/hf_dir_or.ckpt" + other_trainings(cfg))
-    model, tokenizer = load_model(cfg, path, dataset_dir, torch.device("cpu"))
-    return model, tokenizer, str(path)
+            raise MissingInput(f"init_from={cfg.init_from} is not an HF model directory or a Lightning "
+                               ".ckpt file (e.g. <experiment>/sft/hf or <experiment>/sft/checkpoints/best.ckpt)")
+        return path
+    path = experiment_dir(cfg) / "sft" / "hf"
+    if not (path / "config.json").is_file():
+        raise MissingInput(
+            f"no SFT model for this experiment at {path}. Train it first with\n"
+            f"    python train.py stage=sft {_sft_overrides()}\n"
+            "or start RL from another model with init_from=/path/to/hf_dir_or.ckpt" + other_trainings(cfg))
+    return path
 
 
 def fsdp_wrap(factory: Any, policy: Any) -> list[str]:

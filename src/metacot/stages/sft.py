@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from metacot.config import build, plain
 from metacot.data.datamodule import LinearizationAugment, TraceDataModule
+from metacot.errors import user_input
 from metacot.linearization.base import Linearization
 from metacot.modules.callbacks import StopAndSave
 from metacot.modules.export import export_hf, export_step, publish
@@ -50,17 +51,20 @@ class SFTStage(Stage):
         out_dir = experiment_dir(cfg) / "sft"
         ckpt_dir = out_dir / "checkpoints"
         run_config = resume_config(cfg, hp)
-        ckpt_path = resume_path(hp, ckpt_dir, run_config)
+        with user_input():  # sft.resume: a missing file, or a checkpoint trained otherwise
+            ckpt_path = resume_path(hp, ckpt_dir, run_config)
 
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        model = build(cfg.model).build(tokenizer, max_seq_len)
-        dm = TraceDataModule(
-            read_split(dataset_dir, "train"), read_split(dataset_dir, "val"), tokenizer, max_seq_len,
-            batch_tokens=hp.batch_tokens, packing=hp.packing, pack_width=hp.pack_width,
-            loss_on_prompt=hp.loss_on_prompt, seed=hp.seed, num_workers=hp.num_workers,
-            val_examples=hp.val_examples, augment=augmenter(task, lin),
-            overlong_policy=manifest.get("overlong", {}).get("policy"),
-        )
+        with user_input(f"model={cfg.model.name}"):  # e.g. model=pretrained with a wrong model.path
+            model = build(cfg.model).build(tokenizer, max_seq_len)
+        with user_input():  # e.g. no training example fits data.max_tokens
+            dm = TraceDataModule(
+                read_split(dataset_dir, "train"), read_split(dataset_dir, "val"), tokenizer, max_seq_len,
+                batch_tokens=hp.batch_tokens, packing=hp.packing, pack_width=hp.pack_width,
+                loss_on_prompt=hp.loss_on_prompt, seed=hp.seed, num_workers=hp.num_workers,
+                val_examples=hp.val_examples, augment=augmenter(task, lin),
+                overlong_policy=manifest.get("overlong", {}).get("policy"), manifest=manifest,
+            )
         evaluate_fn = solve_rate_fn(cfg, hp, task, lin, tokenizer, dm.val_records, max_seq_len)
         module = SFTModule(model, hp, evaluate_fn, flops_per_token=_flops_per_token(model, dm.width))
 
@@ -69,7 +73,10 @@ class SFTStage(Stage):
         best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                                enable_version_counter=False, auto_insert_metric_name=False,
                                save_on_train_epoch_end=False)
-        last = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
+        # One file, `last.ckpt`, written by this callback and by StopAndSave: without the version
+        # counter off, a save that finds last.ckpt already there (StopAndSave's, or the resumed one)
+        # goes to last-v1.ckpt, and a later resume reads the stale last.ckpt.
+        last = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, enable_version_counter=False,
                                every_n_train_steps=hp.ckpt_every_steps)
         stop = StopAndSave(ckpt_dir)
         callbacks = [best, last, stop] if has_val else [last, stop]
@@ -124,6 +131,7 @@ class SFTStage(Stage):
         train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         if has_val and (trainer.global_step % hp.val_every_steps or "val/loss" not in trainer.callback_metrics):
             trainer.validate(module, datamodule=dm, verbose=False)  # the final weights' numbers
+            keep_if_best(trainer, best, monitor)
         hf_dir = out_dir / "hf" if hp.export_hf else None
         if hf_dir is not None and module.resumed_step == trainer.global_step == export_step(hf_dir):
             log.info("%s already holds the model at step %d: not exported again", hf_dir, trainer.global_step)
@@ -234,6 +242,24 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in d.items():
         out.update(flatten(v, f"{prefix}/{k}" if prefix else str(k)))
     return out
+
+
+def keep_if_best(trainer: L.Trainer, best: ModelCheckpoint, monitor: str) -> None:
+    """The closing validation runs after fit, where ModelCheckpoint does not look: final weights
+    that beat every validation inside the loop (or that had none: sft.max_steps below
+    sft.val_every_steps) become best.ckpt here, so `best` always means the best weights validated."""
+    value = trainer.callback_metrics.get(monitor)
+    if value is None or not torch.isfinite(value):
+        return
+    value = value.detach().cpu().float()
+    current = best.best_model_score
+    if current is not None and not (value > current if best.mode == "max" else value < current):
+        return
+    path = Path(best.dirpath) / f"{best.filename}{best.FILE_EXTENSION}"
+    best.best_model_path, best.best_model_score = str(path), value  # before saving: the file holds them too
+    best.best_k_models = {str(path): value}
+    best.kth_best_model_path, best.kth_value = str(path), value
+    trainer.save_checkpoint(path)
 
 
 def _metric(trainer: L.Trainer, key: str) -> float | None:
