@@ -111,9 +111,12 @@ def sweep_id() -> str:
     return _name(",".join(sorted(identity)))
 
 
-def job_id(override_dirname: str) -> str:
-    """A job directory's name: its overrides, the swept ones first."""
+def job_id(override_dirname: str, params: Any = None) -> str:
+    """A job directory's name: its overrides, the swept ones first. Swept are the command line's
+    sweeps and the keys of `hydra.sweeper.params` (`params`: what an experiment file sweeps)."""
     swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
+    if params:
+        swept += [str(k).lstrip("+~") for k in params if str(k).lstrip("+~") not in swept]
     return _name(swept_first(str(override_dirname), swept))
 
 

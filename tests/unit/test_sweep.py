@@ -41,6 +41,8 @@ def test_swept_keys_come_first_in_job_names_so_long_names_keep_them(monkeypatch)
     assert name != job_id(f"+lr=2,{filler},eval.behaviour=[bfs,dfs],search=astar,seed=1")
     monkeypatch.setenv(sweep.SWEPT_ENV, "")
     assert job_id("b=1,a=2") == "b=1,a=2"  # nothing swept: Hydra's order
+    # an experiment file's `hydra.sweeper.params` are swept too (`-m experiment=metacot_cpu`)
+    assert job_id("a=2,experiment=x,search=mcts", {"search": "astar,mcts"}) == "search=mcts,a=2,experiment=x"
 
 
 def test_sweep_identity_ignores_flags_and_launcher_settings():
