@@ -397,3 +397,24 @@ def test_a_dataset_is_as_readable_as_the_umask_allows(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(d.stat().st_mode) == 0o750  # mkdtemp's 0700 opened up as far as the umask says
     assert stat.S_IMODE((d / "train-00000.jsonl").stat().st_mode) == 0o640
+
+
+def test_code_that_writes_traces_is_part_of_the_dataset_key(tmp_path, monkeypatch):
+    """Editing a format's render (here a user's own format, outside metacot) gives another dataset:
+    `describe()` sees only options, so the key also hashes the engine's and the plugin's source."""
+    import importlib
+    import sys
+
+    plugin = tmp_path / "my_format.py"
+    source = ("from tests.unit.test_build import EventsLinearization\n\n\n"
+              "class MyFormat(EventsLinearization):\n    name = 'mine'\n")
+    plugin.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("my_format")
+    monkeypatch.setitem(sys.modules, "my_format", module)  # removed again after the test
+    before = dataset_path(ENGINE[0], ENGINE[1], module.MyFormat(), small(), tmp_path)
+    assert before == dataset_path(ENGINE[0], ENGINE[1], module.MyFormat(), small(), tmp_path)  # stable
+    plugin.write_text(source + "    # a changed render\n")
+    assert dataset_path(ENGINE[0], ENGINE[1], module.MyFormat(), small(), tmp_path) != before
+    key = build_mod.dataset_key(*ENGINE, small())
+    assert key["code"] == build_mod.engine_digest(type(ENGINE[0]), type(ENGINE[1]), type(ENGINE[2]))

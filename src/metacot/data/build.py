@@ -15,6 +15,7 @@ render, count tokens and write each shard in the worker (one large write per sha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
@@ -55,11 +56,54 @@ _HOST = socket.gethostname().replace("-", "_")
 def dataset_key(task: Any, search: Any, linearization: Any, options: DataOptions) -> dict[str, Any]:
     """Everything that shapes the dataset, as plain JSON (also stored in the manifest)."""
     key: dict[str, Any] = {"version": DATASET_VERSION, "task": task.describe(), "search": search.describe(),
-                           "linearization": linearization.describe(), "data": options.key()}
+                           "linearization": linearization.describe(), "data": options.key(),
+                           "code": engine_digest(type(task), type(search), type(linearization))}
     if options.tokenizer.path is not None:  # a pretrained tokenizer: hash its content, not its path
         blob = (load_tokenizer_dir(options.tokenizer.path) / "tokenizer.json").read_bytes()
         key["tokenizer_sha"] = hashlib.sha256(blob).hexdigest()
     return json.loads(json.dumps(key, sort_keys=True, default=_plain))
+
+
+ENGINE_SOURCES = ("tasks", "search", "linearization", "data/build.py", "data/shards.py", "data/records.py",
+                  "data/tokenizer.py", "data/options.py")  # what writes a dataset (not what reads it)
+
+
+def engine_digest(*classes: type) -> str:
+    """A hash of the code that writes a dataset: metacot's trace engine (`ENGINE_SOURCES`) and the
+    source of `classes` and their bases from outside metacot (a user's own task, search or format).
+    A dataset built by other code is another dataset: editing a task's alphabet or a format's
+    render must not silently reuse traces the old code wrote (`describe()` sees only options).
+    Files are named by their place in metacot or their module, so the hash is the same wherever the
+    code is installed."""
+    package = _package()
+    files = dict(_metacot_engine_files())
+    for cls in classes:
+        for base in cls.__mro__:
+            source = getattr(sys.modules.get(base.__module__), "__file__", None)
+            if source and source.endswith(".py") and not Path(source).resolve().is_relative_to(package):
+                files[f"module:{base.__module__}"] = Path(source).resolve()
+    return _digest_files(tuple(sorted(files.items())))
+
+
+def _package() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def _metacot_engine_files() -> tuple[tuple[str, Path], ...]:
+    package, found = _package(), []
+    for name in ENGINE_SOURCES:
+        path = package / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            found.append((file.relative_to(package).as_posix(), file))
+    return tuple(found)
+
+
+def _digest_files(files: tuple[tuple[str, Path], ...]) -> str:
+    h = hashlib.sha256()
+    for label, path in files:
+        h.update(label.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def _plain(obj: Any) -> Any:
