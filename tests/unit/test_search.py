@@ -453,3 +453,20 @@ def test_countdown_dfs_follows_stream_of_search():
     # target 4 from (2, 5): children 7, 3, 10 have h 3, 1, 6; threshold 0 prunes them all
     trace = DFSSearch(prune_threshold=0).run(task, {"target": 4, "numbers": [5, 2]})
     assert kinds(trace) == [(GENERATE, 0), (DEAD_END, 0)] and trace.meta == {"exhausted": True}
+
+
+def test_base_apply_matches_actions_word_for_word_whatever_their_spacing():
+    """A task whose successors write irregular spacing still verifies: formats write actions as
+    words, so the default `Task.apply` compares them spacing aside on both sides."""
+    from metacot.tasks.base import Successor
+
+    class Spaced(GraphTask):
+        def successors(self, problem, state):
+            return [Successor(f"go  {s.action.split()[1]} ", s.state, s.cost) for s in super().successors(problem, state)]
+
+    task, plain = Spaced(), GraphTask()
+    solved = [(p, t.solution) for p in task.sample_problems("train", 20, seed=3)
+              if (t := AStarSearch().run(plain, p, seed=0)).solved and t.solution]
+    problem, solution = solved[0]
+    assert task.verify(problem, solution).correct
+    assert task.apply(problem, task.initial_state(problem), "go   nowhere") is None

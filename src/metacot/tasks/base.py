@@ -109,10 +109,11 @@ class Task(ABC):
         return Verdict(True, len(actions), optimal=best is not None and len(actions) <= best)
 
     def apply(self, problem: Problem, state: State, action: str) -> State | None:
-        """The state reached by `action` from `state`, or None if it is not legal."""
+        """The state reached by `action` from `state`, or None if it is not legal. Actions match
+        word for word (spacing aside, on both sides: formats write actions as words)."""
         action = " ".join(action.split())
         for s in self.successors(problem, state):
-            if s.action == action:
+            if s.action == action or " ".join(s.action.split()) == action:
                 return s.state
         return None
 
