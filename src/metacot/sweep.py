@@ -188,6 +188,12 @@ class JobRecord:
     def start(self) -> None:
         write_json(self.path, self.data)
 
+    def skip(self, previous: dict[str, Any]) -> None:
+        """Mark the complete `previous` results skipped by this run, keeping when it ran and how long
+        it took (what the report's wall_s column shows)."""
+        self.data = {**previous, "skipped": True, "skipped_at": _now()}
+        write_json(self.path, self.data)
+
     def finish(self, status: str, stages: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
         self.data.update(status=status, finished=_now(), error=format_error(error) if error else None,
                          error_message=error_message(error) if error else None,

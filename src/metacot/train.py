@@ -70,9 +70,7 @@ def run_job(cfg: DictConfig) -> float | None:
         previous = record.previous()
         if previous is not None:
             log.info("job already complete in %s: skipped (rerun=true runs it again)", cfg.paths.run_dir)
-            previous["skipped"] = True
-            record.data = previous
-            record.finish("complete", previous.get("stages"))
+            record.skip(previous)
             return objective_of(previous.get("stages") or {})
     record.start()
     try:

@@ -193,3 +193,44 @@ def test_own_model_results_are_reused_only_while_nothing_changed(tmp_path, monke
     torch.manual_seed(1)
     build(cfg.model).build(tokenizer, int(cfg.data.max_tokens)).save_pretrained(export)  # re-trained weights
     assert run()[0] == 1
+
+
+def test_reused_results_keep_the_split_order(tmp_path):
+    """Saved metrics.json files sort their keys; a reused evaluation still lists its splits in
+    `stage.splits` order (its table read `test_unseen` before `val`, unlike the first run's)."""
+    import hashlib
+
+    from metacot.atomic import write_json
+    from metacot.stages.eval import saved_results
+
+    splits = ["val", "test_unseen"]
+    fingerprint = {"splits": splits, "model_files": {}}
+    problems = {s: [{"id": 0, "correct": True}] for s in splits}
+    write_json(tmp_path / "problems.json", problems)
+    digest = hashlib.sha256((tmp_path / "problems.json").read_bytes()).hexdigest()
+    write_json(tmp_path / "metrics.json", {
+        "splits": {s: {"solve_rate": 1.0} for s in splits}, "examples": {s: [] for s in splits},
+        "fingerprint": fingerprint, "problems_sha256": digest})
+    metrics, examples, rows = saved_results(tmp_path, fingerprint)
+    assert list(metrics) == list(examples) == list(rows) == splits
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["stage=pipeline", "eval.behaviour=[astar,nope]"], r"eval.behaviour names unknown search algorithms \['nope'\]"),
+    (["stage=eval", "linearization=compact", "eval.force_mode=slow"], "eval.force_mode='slow'"),
+    (["stage=eval", "stage.source=foo"], "stage.source must be one of"),
+    (["stage=eval", "stage.splits=[val,train2]"], r"stage.splits names unknown splits \['train2'\]"),
+])
+def test_eval_options_fail_up_front_as_usage_errors(tmp_path, monkeypatch, overrides, message):
+    """A mistake in an eval option is a UsageError (one `error:` line, no traceback) raised before any
+    work: building the stage or `trace_engine`, which every stage calls first — not after a pipeline's
+    datagen and SFT (eval.behaviour), nor as a raw KeyError (a split) or a `stage=foo` suggestion."""
+    from metacot.config import build
+    from metacot.errors import UsageError
+    from metacot.stages.common import trace_engine
+
+    cfg = _compose(tmp_path, monkeypatch, *overrides)
+    with pytest.raises(UsageError, match=message):
+        build(cfg.stage)
+        trace_engine(cfg)
+    assert not (tmp_path / "logs" / "data").exists()  # nothing was built

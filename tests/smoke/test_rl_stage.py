@@ -104,6 +104,9 @@ def test_rl_stage_trains_logs_checkpoints_and_resumes(tmp_path, monkeypatch):
     assert metrics["before"]["val"]["num_problems"] == 2 and "pass@2" in metrics["after"]["val"]
     assert [h["step"] for h in metrics["history"]] == [0, 2]
     assert (Path(cfg.paths.run_dir) / "metrics.json").is_file()
+    # like sft's and eval's summaries, RL's names its TensorBoard directory (a run holds several)
+    assert Path(summary["tensorboard_dir"]).parent == Path(cfg.paths.run_dir) / "tensorboard"
+    assert list(Path(summary["tensorboard_dir"]).glob("events.out.tfevents.*"))
     split = metrics["time_split"]  # median s per step and shares of rollout / log-probs / update
     assert split["steps"] == 2 and min(split["rollout_s"], split["logprob_s"], split["update_s"]) > 0
     assert sum(split[f"{k}_share"] for k in ("rollout", "logprob", "update")) == pytest.approx(1.0)
@@ -159,10 +162,20 @@ def test_pipeline_rl_evaluates_the_rl_model_last(tmp_path, monkeypatch):
     assert [k for k in summary if k != "objective"] == ["datagen", "sft", "eval", "rl", "eval_rl"]
     assert summary["rl"]["source"] == str(experiment_dir(cfg) / "sft" / "hf")
     evaluated = json.loads(Path(summary["eval_rl"]["metrics_path"]).read_text())["config"]["model_source"]
-    assert evaluated == str(experiment_dir(cfg) / "rl" / "hf")
+    # its own RL run's export, not <experiment>/rl/hf (the latest of any run: a parallel sweep's other job)
+    assert evaluated == summary["rl"]["hf_dir"] != str(experiment_dir(cfg) / "rl" / "hf")
     assert summary["eval_rl"]["metrics"]["val"]["num_problems"] == 2
     # the RL export records what trained it, and the eval reports it (a report labels the model by it)
     info = summary["eval_rl"]["model_info"]
     assert info["source"] == "rl" and info["algo"] == cfg.algo.name and info["reward"] == cfg.reward.name
     assert info["global_step"] >= 1 and summary["eval"]["model_info"]["source"] == "sft"
     assert "algo" not in summary["eval"]["model_info"]
+    # each stage keeps its own files in the run directory: the SFT eval's metrics.json is not
+    # overwritten by the RL stage's or the RL eval's (results.json points at each of them)
+    run_dir = Path(cfg.paths.run_dir)
+    sft_eval = json.loads(Path(summary["eval"]["metrics_path"]).read_text())
+    assert sft_eval["config"]["model_source"] == str(experiment_dir(cfg) / "sft" / "hf")
+    assert Path(summary["eval"]["metrics_path"]) == run_dir / "metrics.json"
+    assert Path(summary["eval_rl"]["metrics_path"]) == run_dir / "eval_rl" / "metrics.json"
+    assert (run_dir / "eval_rl" / "problems.json").is_file() and (run_dir / "eval_rl" / "passk.png").is_file()
+    assert "before" in json.loads((run_dir / "rl" / "metrics.json").read_text())

@@ -72,6 +72,24 @@ def test_record_lifecycle_and_skip_only_for_the_same_config(tmp_path):
     assert JobRecord(_compose(["seed=3"]), tmp_path, []).previous() is None  # other config: runs again
 
 
+def test_skipping_a_complete_job_keeps_its_timings(tmp_path):
+    """Re-running a sweep marks its complete jobs skipped without overwriting when they ran and how
+    long they took (the report's wall_s column read 0.0 for every job of a re-run sweep)."""
+    cfg = _compose()
+    rec = JobRecord(cfg, tmp_path, [])
+    rec.start()
+    rec.finish("complete", {"eval": {"objective": 0.5}})
+    first = read_results(tmp_path)
+    first["wall_s"] = 12.5  # a job that took a while
+    write_json(tmp_path / "results.json", first)
+    again = JobRecord(cfg, tmp_path, [])
+    again.skip(again.previous())
+    data = read_results(tmp_path)
+    assert data["skipped"] is True and data["status"] == "complete"
+    assert {k: data[k] for k in ("wall_s", "started", "finished", "stages")} == {
+        k: first[k] for k in ("wall_s", "started", "finished", "stages")}
+
+
 def test_failed_record_keeps_the_traceback_and_a_one_line_reason(tmp_path):
     rec = JobRecord(_compose(), tmp_path, [])
     try:
@@ -128,4 +146,7 @@ def test_experiment_key_separates_seeds_and_budgets_and_missing_models_name_the_
     trained.mkdir(parents=True)
     (trained / "config.json").write_text("{}")
     assert str(trained) in other_trainings(base) and "init_from=" in other_trainings(base)
+    # data options (e.g. data.test_unseen) are part of the key too: the hint must say so
+    assert experiment_key(base) != experiment_key(_compose(["data.test_unseen=8"]))
+    assert "data.*" in other_trainings(base)
     assert other_trainings(_compose([f"paths.root_dir={tmp_path}", "search=bfs"])) == ""

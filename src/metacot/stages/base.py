@@ -20,6 +20,10 @@ class Stage(ABC):
         if name is not None:
             self.name = name
 
+    def use_earlier(self, results: dict[str, Any]) -> None:
+        """In a pipeline, called before `run` with the summaries of the stages that ran before it
+        (by stage name), so a stage can take what they produced rather than look it up again."""
+
     @abstractmethod
     def run(self, cfg: Any) -> dict[str, Any]:
         """Do the work; return a summary dict (may hold `objective` for sweeps)."""

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from metacot.config import build, config_hash, plain
-from metacot.errors import user_input
+from metacot.errors import BadValue, user_input
 
 
 def trace_engine(cfg: DictConfig) -> tuple[Any, Any, Any]:
@@ -37,11 +37,36 @@ def trace_engine(cfg: DictConfig) -> tuple[Any, Any, Any]:
             if group == "eval":
                 from metacot.eval.evaluator import check_force_mode
 
-                check_force_mode(lin, options.force_mode)
+                with user_input():
+                    check_force_mode(lin, options.force_mode)
+                search_config_names(options.behaviour)
     return build(cfg.task), build(cfg.search), lin
 
 
+def search_config_names(names: Iterable[str]) -> list[str]:
+    """`names` (e.g. `eval.behaviour`), checked to be `conf/search/<name>.yaml` options."""
+    from metacot.train import CONF_DIR
+
+    search_dir = Path(CONF_DIR) / "search"
+    available = sorted(p.stem for p in search_dir.glob("*.yaml"))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise BadValue(f"eval.behaviour names unknown search algorithms {unknown}: use names of "
+                       f"{search_dir}/<name>.yaml, i.e. any of {available} (or eval.behaviour=[] to turn it off)")
+    return list(names)
+
+
 STAGE_OPTION_GROUPS = ("sft", "eval", "algo", "reward", "rl")  # validated when built, side-effect free
+
+
+def stage_run_dir(cfg: DictConfig, name: str) -> Path:
+    """Where a stage writes its run-directory files (metrics.json, problems.json, passk.png): the run
+    directory for the run's own stage (`stage=eval`, `stage=rl`) and for a pipeline's `eval` stage;
+    `<run_dir>/<name>/` for the other stages of a pipeline (`pipeline_rl`'s `rl` and `eval_rl`), so no
+    stage overwrites another's files."""
+    run_dir = Path(cfg.paths.run_dir)
+    own = cfg.get("stage") is not None and str(cfg.stage.get("name", "")) == name
+    return run_dir if own or name == "eval" else run_dir / name
 
 
 def new_token_budget(tokenizer: Any, records: Iterable[dict[str, Any]], context: int) -> int:
@@ -96,13 +121,14 @@ def experiment_dir(cfg: DictConfig) -> Path:
 
 
 def other_trainings(cfg: DictConfig, artifact: str = "sft") -> str:
-    """For a "model not found" error: the same task/search/format/model trained with other SFT
-    settings or seeds (their `<artifact>/hf` exists), as text to append, or "" when none."""
+    """For a "model not found" error: the same task/search/format/model trained with other data,
+    model or SFT settings or seeds (their `<artifact>/hf` exists), as text to append, or "" when none."""
     prefix = "-".join(str(n) for n in (cfg.task.name, cfg.search.name, cfg.linearization.name, cfg.model.name))
     found = sorted(p.parent for p in Path(cfg.paths.experiments_dir).glob(f"{prefix}-*/{artifact}/hf/config.json"))
     if not found:
         return ""
     lines = "\n".join(f"    {p}" for p in found[:5]) + (f"\n    ... ({len(found) - 5} more)" if len(found) > 5 else "")
-    return ("\nThe same task/search/format/model was trained with other SFT settings or seed (the experiment "
-            "key hashes the sft.* options and seed, so pass the same ones, or point at one with "
-            f"init_from=/ckpt=):\n{lines}")
+    return ("\nThe same task/search/format/model was trained with other settings (the experiment key hashes "
+            "the task/search/format options, the data.* options (split sizes included), the model and sft.* "
+            "options and the seed, so pass the same ones, or point at one with init_from=/ckpt=):"
+            f"\n{lines}")

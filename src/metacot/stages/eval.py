@@ -35,12 +35,21 @@ from metacot.eval.metrics import finite_or_none
 from metacot.eval.plots import passk_curve, plot_passk
 from metacot.eval.table import format_table
 from metacot.stages.base import Stage
-from metacot.stages.common import eval_options, experiment_dir, experiment_key, other_trainings, trace_engine
+from metacot.stages.common import (
+    eval_options,
+    experiment_dir,
+    experiment_key,
+    other_trainings,
+    search_config_names,
+    stage_run_dir,
+    trace_engine,
+)
 from metacot.stages.datagen import ensure_dataset
 
 log = logging.getLogger(__name__)
 
 SPLIT_LABELS = {"val": "val (seen)", "test_unseen": "test_unseen (unseen)"}
+SOURCES = ("sft", "rl")  # stage.source: <experiment>/<source>/hf
 
 
 class EvalStage(Stage):
@@ -48,15 +57,32 @@ class EvalStage(Stage):
 
     def __init__(self, name: str | None = None, splits: list[str] | tuple[str, ...] = ("val", "test_unseen"),
                  device: str = "auto", source: str = "sft"):
+        from metacot.data.records import SPLITS
+
         super().__init__(name)
         self.splits = list(splits)
         self.device = device
         self.source = source  # which export of the experiment to evaluate without ckpt=: <exp>/<source>/hf
+        self.produced: Path | None = None  # in a pipeline: the export its `source` stage just wrote
+        if source not in SOURCES:
+            raise ValueError(f"stage.source must be one of {SOURCES} (the experiment's SFT or RL export), "
+                             f"got {source!r}; evaluate any other model with ckpt=<hf dir or .ckpt>")
+        unknown = [s for s in self.splits if s not in SPLITS]
+        if unknown:
+            raise ValueError(f"stage.splits names unknown splits {unknown}: use any of {list(SPLITS)}")
+
+    def use_earlier(self, results: dict[str, Any]) -> None:
+        """After an `rl` stage in the same pipeline, evaluate the model that run exported
+        (`<experiment>/rl/<run>/hf`), not `<experiment>/rl/hf`, the latest RL export of any run: jobs
+        of a parallel sweep (`algo=grpo,rloo` on several workers) would evaluate each other's model."""
+        hf_dir = (results.get(self.source) or {}).get("hf_dir")
+        if hf_dir and (Path(hf_dir) / "config.json").is_file():
+            self.produced = Path(hf_dir)
 
     def run(self, cfg: DictConfig) -> dict[str, Any]:
         task, search, lin = trace_engine(cfg)
         references = reference_searches(build(cfg.eval).behaviour)
-        path = model_path(cfg, self.source)
+        path = self.produced if self.produced is not None and not cfg.get("ckpt") else model_path(cfg, self.source)
         dataset_dir = ensure_dataset(cfg)  # built if absent, like every stage that needs one
         device = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if self.device == "auto" else self.device))
@@ -102,7 +128,7 @@ class EvalStage(Stage):
                 "eval": {**plain(cfg.eval), "max_new_tokens": options.max_new_tokens}, "seed": cfg.seed, "device": str(device),
             },
         }
-        run_dir = Path(cfg.paths.run_dir)
+        run_dir = stage_run_dir(cfg, self.name)  # pipeline_rl's eval_rl: <run_dir>/eval_rl
         for out_dir in [run_dir] + ([keep_dir] if own else []):
             out_dir.mkdir(parents=True, exist_ok=True)
             write_json(out_dir / "problems.json", problems)  # first: metrics.json vouches for it (see saved_results)
@@ -185,8 +211,13 @@ def saved_results(keep_dir: Path, fingerprint: dict[str, Any]) -> tuple[dict, di
     if summary.get("problems_sha256") != hashlib.sha256(problems_bytes).hexdigest():
         return None
     nan = float("nan")
+    order = list(fingerprint.get("splits") or [])  # the file's keys are sorted: back to stage.splits order
+
+    def ordered(d: dict[str, Any]) -> dict[str, Any]:
+        return {s: d[s] for s in sorted(d, key=lambda s: (order.index(s) if s in order else len(order), s))}
+
     metrics = {s: {k: nan if v is None else v for k, v in m.items()} for s, m in summary["splits"].items()}
-    return metrics, summary.get("examples", {}), json.loads(problems_bytes)
+    return ordered(metrics), ordered(summary.get("examples", {})), ordered(json.loads(problems_bytes))
 
 
 def reference_searches(names: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -197,12 +228,7 @@ def reference_searches(names: list[str] | tuple[str, ...]) -> dict[str, Any]:
     from metacot.train import CONF_DIR
 
     search_dir = Path(CONF_DIR) / "search"
-    available = sorted(p.stem for p in search_dir.glob("*.yaml"))
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise BadValue(f"eval.behaviour names unknown search algorithms {unknown}: use names of "
-                         f"{search_dir}/<name>.yaml, i.e. any of {available} (or eval.behaviour=[] to turn it off)")
-    return {n: build(OmegaConf.load(search_dir / f"{n}.yaml")) for n in names}
+    return {n: build(OmegaConf.load(search_dir / f"{n}.yaml")) for n in search_config_names(names)}
 
 
 def model_path(cfg: DictConfig, source: str = "sft") -> Path:

@@ -23,6 +23,7 @@ class PipelineStage(Stage):
         summary: dict[str, Any] = {}
         for stage in self.stages:
             log.info("pipeline: running stage %s", stage.name)
+            stage.use_earlier(dict(summary))
             result = stage.run(cfg) or {}
             summary[stage.name] = result
             if "objective" in result:

@@ -41,6 +41,7 @@ from metacot.stages.common import (
     experiment_dir,
     new_token_budget,
     other_trainings,
+    stage_run_dir,
     trace_engine,
 )
 
@@ -117,8 +118,10 @@ class RLStage(Stage):
                 trainer.is_global_zero, info)
         trainer.strategy.barrier("publish_hf")
         summary = summarize_run(module, out_dir, hf_dir, source, time.perf_counter() - t_start)
+        summary["tensorboard_dir"] = getattr(logger, "log_dir", None)  # as sft's and eval's summaries
         if trainer.is_global_zero:
-            for path in (out_dir / "metrics.json", Path(cfg.paths.run_dir) / "metrics.json"):
+            for path in (out_dir / "metrics.json", stage_run_dir(cfg, self.name) / "metrics.json"):
+                path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
             print(f"\nRL ({objective.name}, reward {reward.name}) from {source}\n{summary['table']}\n"
                   f"{format_time_split(summary['time_split'])}\n"
