@@ -23,11 +23,12 @@ from metacot.config import build, plain
 from metacot.data.datamodule import LinearizationAugment, TraceDataModule
 from metacot.errors import user_input
 from metacot.linearization.base import Linearization
+from metacot.locks import exclusive
 from metacot.modules.callbacks import StopAndSave
 from metacot.modules.export import export_hf, export_step, publish
 from metacot.modules.sft import SFTConfig, SFTModule
 from metacot.stages.base import Stage, Terminated
-from metacot.stages.common import experiment_dir, new_token_budget, trace_engine
+from metacot.stages.common import experiment_dir, experiment_key, new_token_budget, trace_engine
 
 log = logging.getLogger(__name__)
 RUN_CONFIG = "run_config.json"
@@ -37,6 +38,12 @@ class SFTStage(Stage):
     name = "sft"
 
     def run(self, cfg: DictConfig) -> dict[str, Any]:
+        # One run at a time per experiment: the jobs of a parallel `algo=` sweep share the SFT model;
+        # the first trains it, the others wait, then find it trained (metacot.locks).
+        with exclusive(experiment_dir(cfg) / "sft" / "train.lock", f"experiment {experiment_key(cfg)} (SFT)"):
+            return self.train(cfg)
+
+    def train(self, cfg: DictConfig) -> dict[str, Any]:
         from metacot.data.records import read_manifest, read_split
         from metacot.data.tokenizer import load_tokenizer
         from metacot.stages.datagen import ensure_dataset
