@@ -170,6 +170,9 @@ def test_pipeline_rl_evaluates_the_rl_model_last(tmp_path, monkeypatch):
     assert info["source"] == "rl" and info["algo"] == cfg.algo.name and info["reward"] == cfg.reward.name
     assert info["global_step"] >= 1 and summary["eval"]["model_info"]["source"] == "sft"
     assert "algo" not in summary["eval"]["model_info"]
+    # TensorBoard: one folder per stage, named by it (not version_0..3)
+    assert [Path(summary[s]["tensorboard_dir"]).name for s in ("sft", "eval", "rl", "eval_rl")] == \
+        ["sft", "eval", "rl", "eval_rl"]
     # each stage keeps its own files in the run directory: the SFT eval's metrics.json is not
     # overwritten by the RL stage's or the RL eval's (results.json points at each of them)
     run_dir = Path(cfg.paths.run_dir)

@@ -59,6 +59,24 @@ def search_config_names(names: Iterable[str]) -> list[str]:
 STAGE_OPTION_GROUPS = ("sft", "eval", "algo", "reward", "rl")  # validated when built, side-effect free
 
 
+VERSIONED_LOGGERS = ("TensorBoardLogger", "CSVLogger")  # loggers whose `version` is a directory name
+
+
+def stage_logger(cfg: DictConfig, stage: str) -> Any:
+    """The `logger=` group's logger for `stage`, under the run directory. TensorBoard (and CSV) logs
+    go to `<run_dir>/tensorboard/<stage>` rather than `version_<n>`, so a pipeline's sft, eval, rl
+    and eval_rl logs are told apart by name; a rerun in the same directory gets `<stage>_2`, ..."""
+    target = str(cfg.logger.get("_target_", ""))
+    if not target.endswith(VERSIONED_LOGGERS):
+        return build(cfg.logger, save_dir=str(cfg.paths.run_dir))
+    root = Path(cfg.paths.run_dir) / str(cfg.logger.get("name") or "")
+    version, k = stage, 1
+    while (root / version).exists():
+        k += 1
+        version = f"{stage}_{k}"
+    return build(cfg.logger, save_dir=str(cfg.paths.run_dir), version=version)
+
+
 def stage_run_dir(cfg: DictConfig, name: str) -> Path:
     """Where a stage writes its run-directory files (metrics.json, problems.json, passk.png): the run
     directory for the run's own stage (`stage=eval`, `stage=rl`) and for a pipeline's `eval` stage;

@@ -41,6 +41,7 @@ from metacot.stages.common import (
     experiment_key,
     other_trainings,
     search_config_names,
+    stage_logger,
     stage_run_dir,
     trace_engine,
 )
@@ -136,7 +137,7 @@ class EvalStage(Stage):
             write_json(out_dir / "metrics.json", {**summary, "fingerprint": fingerprint, "problems_sha256": digest})
             plot_passk({s: passk_curve(m) for s, m in results.items()}, out_dir / "passk.png",
                        title=f"pass@k — {experiment_key(cfg)}")
-        tb_dir = _log_tensorboard(cfg, results, examples)
+        tb_dir = _log_tensorboard(cfg, self.name, results, examples)
         labelled = {SPLIT_LABELS.get(s, s): m for s, m in results.items()}
         table = format_table(labelled)
         behaviour = sorted({k for m in results.values() for k in m if k.startswith("order_similarity/")})
@@ -337,11 +338,11 @@ def _overrides_without_stage() -> str:
     return " ".join(o for o in overrides if o.split("=")[0].lstrip("+~") != "stage")
 
 
-def _log_tensorboard(cfg: DictConfig, results: dict[str, dict[str, float]],
+def _log_tensorboard(cfg: DictConfig, stage: str, results: dict[str, dict[str, float]],
                      examples: dict[str, list[dict[str, str]]]) -> str | None:
     """Scalars `eval/<split>/<metric>` and an examples table per split, through the configured
     logger (`logger=` group, under the run directory like every stage)."""
-    logger = build(cfg.logger, save_dir=str(cfg.paths.run_dir))
+    logger = stage_logger(cfg, stage)
     for split, metrics in results.items():
         logger.log_metrics({f"eval/{split}/{k}": v for k, v in metrics.items()}, step=0)
     experiment = getattr(logger, "experiment", None)

@@ -41,6 +41,7 @@ from metacot.stages.common import (
     experiment_dir,
     new_token_budget,
     other_trainings,
+    stage_logger,
     stage_run_dir,
     trace_engine,
 )
@@ -84,7 +85,7 @@ class RLStage(Stage):
                             eval_options=eval_options(cfg, tokenizer, train))
         module.checkpoint_path = ckpt_dir / "last.ckpt"
         stop = StopAndSave(ckpt_dir)
-        logger = build(cfg.logger, save_dir=str(cfg.paths.run_dir))
+        logger = stage_logger(cfg, self.name)
         factory = build(cfg.trainer)
         if hasattr(factory, "layer_classes"):  # FSDP: see fsdp_wrap and full_precision_params
             factory.wrap = fsdp_wrap(factory, policy)

@@ -28,7 +28,7 @@ from metacot.modules.callbacks import StopAndSave
 from metacot.modules.export import export_hf, export_step, publish
 from metacot.modules.sft import SFTConfig, SFTModule
 from metacot.stages.base import Stage, Terminated
-from metacot.stages.common import experiment_dir, experiment_key, new_token_budget, trace_engine
+from metacot.stages.common import experiment_dir, experiment_key, new_token_budget, stage_logger, trace_engine
 
 log = logging.getLogger(__name__)
 RUN_CONFIG = "run_config.json"
@@ -92,7 +92,7 @@ class SFTStage(Stage):
         factory = build(cfg.trainer)
         if factory.enable_progress_bar:  # refreshing it reads metrics: only at logging steps
             callbacks.append(TQDMProgressBar(refresh_rate=hp.log_every_n_steps))
-        logger = build(cfg.logger, save_dir=str(cfg.paths.run_dir))
+        logger = stage_logger(cfg, self.name)
         trainer = factory.build(
             model, max_steps=hp.max_steps, max_epochs=-1, max_time=hp.max_time,
             accumulate_grad_batches=hp.grad_accum, val_check_interval=hp.val_every_steps * hp.grad_accum,
