@@ -189,7 +189,7 @@ def test_table_rows_columns_and_formats():
 
     text = format_table({
         "val (seen)": {"solve_rate": 0.5, "symbolic_solve_rate": 1.0, "ilr": float("nan"), "num_problems": 20.0,
-                       "symbolic_tokens": 112.667, "pass@8": 0.7, "pass@1": 0.25},
+                       "symbolic_tokens": 112.667, "pass@8": 0.7, "pass@1": 0.25, "model_nodes": 10.625},
         "test_unseen (unseen)": {"solve_rate": 0.125, "num_problems": 20.0, "symbolic_tokens": 116.0, "pass@1": 0.1},
     })
     assert text.splitlines() == [
@@ -199,6 +199,7 @@ def test_table_rows_columns_and_formats():
         "symbolic_solve_rate       1.000                     -",
         "ilr                           -                     -",
         "symbolic_tokens           112.7                 116.0",
+        "model_nodes                10.6                     -",
         "num_problems                 20                    20",
         "pass@1                    0.250                 0.100",
         "pass@8                    0.700                     -",

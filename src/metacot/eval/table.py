@@ -22,10 +22,11 @@ def _finite(value: float | None) -> bool:
 
 def fmt_row(values: Sequence[float | None]) -> list[str]:
     """One row's cells in one style: integers when every value is one (counts), else 3 decimals
-    (1 for large values); "-" for a missing or undefined (NaN) value."""
+    for rates and small numbers, 1 for values of 10 and more (token and node counts); "-" for a
+    missing or undefined (NaN) value."""
     finite = [float(v) for v in values if _finite(v)]
     integral = bool(finite) and all(v.is_integer() for v in finite) and max(abs(v) for v in finite) > 1
-    big = bool(finite) and max(abs(v) for v in finite) >= 100
+    big = bool(finite) and max(abs(v) for v in finite) >= 10
     spec = ".0f" if integral else ".1f" if big else ".3f"
     return [format(float(v), spec) if _finite(v) else "-" for v in values]
 
