@@ -4,8 +4,9 @@ Jobs of a parallel sweep (`hydra/launcher=local` or `slurm`) that differ only in
 their SFT experiment. Without a lock both would train it at once, writing the same `last.ckpt` and
 export; with it the second waits, then finds the model trained and goes on. The lock is an advisory
 `flock` on a file next to the work (local file systems and NFSv4; where `fcntl` does not exist, as
-on Windows, there is no lock). Only global rank 0 of a job takes it: the other ranks of a DDP job
-are started by rank 0, which already holds it.
+on Windows, or the file system refuses locks, there is none, with a warning). Only global rank 0 of a
+job takes it (`metacot.ranks`): the other ranks are part of the same job, and waiting for rank 0's
+lock would deadlock them (rank 0 waits for them inside `fit`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from metacot.ranks import is_rank_zero
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -25,15 +28,11 @@ except ImportError:  # pragma: no cover - Windows
 log = logging.getLogger(__name__)
 
 
-def _rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
-
-
 @contextmanager
 def exclusive(path: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if missing) inside the block. When another process
     holds it, say who (`host pid N`, written in the file) and wait for it."""
-    if fcntl is None or not _rank_zero():
+    if fcntl is None or not is_rank_zero():
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +45,10 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
             log.warning("%s is in use by %s: waiting until it is done (%s)", what, holder, path)
             fcntl.flock(f, fcntl.LOCK_EX)
             log.info("%s is free: going on", what)
+        except OSError as e:  # ENOLCK/ENOSYS: a file system without locks (some NFS, Lustre without flock)
+            log.warning("cannot lock %s (%s): %s goes on unlocked; do not run two jobs on it at once", path, e, what)
+            yield
+            return
         f.seek(0)
         f.truncate()
         f.write(f"{socket.gethostname()} pid {os.getpid()}\n")

@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from metacot.atomic import umask
+from metacot.ranks import is_rank_zero
 from metacot.data import shards
 from metacot.data.options import DataOptions
 from metacot.data.records import (
@@ -80,9 +82,25 @@ def engine_digest(*classes: type) -> str:
     for cls in classes:
         for base in cls.__mro__:
             source = getattr(sys.modules.get(base.__module__), "__file__", None)
-            if source and source.endswith(".py") and not Path(source).resolve().is_relative_to(package):
-                files[f"module:{base.__module__}"] = Path(source).resolve()
+            if not source or not source.endswith(".py"):
+                continue
+            path = Path(source).resolve()
+            if not path.is_relative_to(package) and not _installed(path):
+                files[f"module:{base.__module__}"] = path
     return _digest_files(tuple(sorted(files.items())))
+
+
+def _installed(path: Path) -> bool:
+    """Whether `path` is Python's own library or an installed package (`abc`, `typing`, a pip
+    package's base class): versioned code that differs between machines in ways that do not change
+    a dataset, and would give each Python install its own dataset directory."""
+    return any(path.is_relative_to(root) for root in _library_roots())
+
+
+@functools.cache
+def _library_roots() -> tuple[Path, ...]:
+    paths = sysconfig.get_paths()
+    return tuple({Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths})
 
 
 def _package() -> Path:
@@ -143,11 +161,6 @@ def check_options(search: Any, options: DataOptions) -> None:
             f"data.traces_per_problem={options.traces_per_problem} needs distinct traces per problem: "
             "set search.shuffle=true (randomised tie-breaks and child order)"
         )
-
-
-def is_rank_zero() -> bool:
-    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
-    return int(rank or 0) == 0
 
 
 def build_dataset(task: Any, search: Any, linearization: Any, options: DataOptions, root: str | Path) -> Path:

@@ -12,6 +12,7 @@ which `stage=eval stage.source=rl` (and the last stage of `stage=pipeline_rl`) e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import statistics
@@ -28,6 +29,7 @@ from omegaconf import DictConfig
 
 from metacot.config import build, config_hash, plain
 from metacot.errors import MissingInput, user_input
+from metacot.locks import exclusive
 from metacot.eval.metrics import finite_or_none
 from metacot.eval.table import format_table
 from metacot.modules.callbacks import StopAndSave
@@ -56,6 +58,10 @@ class RLStage(Stage):
     name = "rl"
 
     def run(self, cfg: DictConfig) -> dict[str, Any]:
+        with contextlib.ExitStack() as held:  # the run's lock (taken in `train`) is released on any exit
+            return self.train(cfg, held)
+
+    def train(self, cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
         from metacot.data.records import read_split
         from metacot.stages.datagen import ensure_dataset
 
@@ -77,6 +83,9 @@ class RLStage(Stage):
             module_cls, options = ExpertIterationModule, replace(options, steps=objective.rounds)
 
         out_dir = experiment_dir(cfg) / "rl" / run_key(cfg, options, source)
+        # One job at a time per RL run (the key leaves out rl.steps and logging: a parallel sweep over
+        # them shares it): the second waits, then resumes or finds it done (metacot.locks).
+        held.enter_context(exclusive(out_dir / "train.lock", f"RL run {out_dir.relative_to(experiment_dir(cfg))}"))
         ckpt_dir = out_dir / "checkpoints"
         ckpt_path = resume_path(options, ckpt_dir)
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
