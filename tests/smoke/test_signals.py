@@ -12,15 +12,20 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_sigterm_during_datagen_is_recorded_as_interrupted(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_during_datagen_is_recorded_as_interrupted(tmp_path, workers):
+    if workers > 1 and not Path("/proc/self/task").is_dir():
+        pytest.skip("finding the pool's workers reads Linux /proc")
     env = {**os.environ, "METACOT_ROOT": str(tmp_path), "TOKENIZERS_PARALLELISM": "false"}
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "stage=datagen", "task=countdown", "search=bfs",
-         "linearization=sos", "data.train=200000", "data.workers=1", f"hydra.run.dir={run_dir}"],
+         "linearization=sos", "data.train=200000", f"data.workers={workers}", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = run_dir / "results.json"
     deadline = time.monotonic() + 120
@@ -29,6 +34,9 @@ def test_sigterm_during_datagen_is_recorded_as_interrupted(tmp_path):
         assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.1)
     time.sleep(2.0)  # well into the build
+    while workers > 1 and not _children(proc.pid):  # the pool's workers too (they get SIGTERM from it)
+        assert proc.poll() is None and time.monotonic() < deadline, "the worker pool never started"
+        time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-3000:]
@@ -36,3 +44,11 @@ def test_sigterm_during_datagen_is_recorded_as_interrupted(tmp_path):
     assert record["status"] == "interrupted", record
     assert "Traceback" not in err, err[-3000:]
     assert not list((tmp_path / "logs" / "data").glob("*/manifest.json"))  # no dataset passed as complete
+
+
+def _children(pid: int) -> list[str]:
+    """Child process ids of `pid` (Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []

@@ -186,6 +186,28 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
     assert stop.interrupted and ckpt["global_step"] == trainer.global_step == 4
 
 
+class SigtermAtFitStart(L.Callback):
+    def on_fit_start(self, trainer, module):  # set-up: Lightning's own SIGTERM handler is not in yet
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_set_up_stops_the_run_instead_of_being_lost(tmp_path, monkeypatch):
+    """Between Trainer.fit and the first step only train.py's handler (`interrupts.on_sigterm`)
+    listens: it must stop the run (Lightning turns the interrupt into an exit) and leave the mark
+    run_job reads to record the job as interrupted, not let training go on."""
+    from metacot import interrupts
+
+    monkeypatch.setattr(interrupts, "_sigterm", False)
+    previous = signal.signal(signal.SIGTERM, interrupts.on_sigterm)
+    try:
+        trainer, module, dm, stop = fit(tmp_path, config(max_steps=3), callbacks=[SigtermAtFitStart()])
+        with pytest.raises(SystemExit):
+            trainer.fit(module, datamodule=dm)
+        assert interrupts.sigterm_received() and trainer.global_step == 0 and not interrupts.fit_running()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # --- validation and export ------------------------------------------------------------------------
 class FakeResult(dict):
     examples = [{"prompt": "w1 w2", "completion": "w3 | w4", "verdict": "wrong: no answer"}]

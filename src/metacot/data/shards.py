@@ -11,6 +11,7 @@ import gc
 import hashlib
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,12 @@ def init_worker(task: Any, search: Any, linearization: Any, tokenizer_file: str,
 def init_pool_worker(*args: Any) -> None:
     """`init_worker` for a pool process, which then freezes what is alive (modules, tokenizer,
     engine: it lives as long as the process) so that garbage collections, triggered every few
-    hundred of the ~1e3 objects a trace allocates, no longer walk it."""
+    hundred of the ~1e3 objects a trace allocates, no longer walk it.
+    Signals are the parent's to handle: a forked worker inherits train.py's SIGTERM handler, which
+    would print a traceback per worker when the pool is terminated; it dies quietly instead, and
+    leaves Ctrl-C (sent to the whole terminal group) to the parent, which stops the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     init_worker(*args)
     gc.collect()
     gc.freeze()

@@ -33,21 +33,21 @@ class StopAndSave(L.Callback):
         self._previous: Any = None
         self._fitting = False
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and not self._fitting:  # SIGTERM is this loop's to handle (metacot.interrupts)
-            self._fitting = True
-            interrupts.fit_started()
-
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._fit_ended()
 
-    def _fit_ended(self) -> None:  # teardown, or on_exception (Lightning skips teardown hooks then)
+    def _fit_ended(self) -> None:  # on_train_end, on_exception (Lightning skips teardown hooks then), teardown
         if self._fitting:
             self._fitting = False
             interrupts.fit_ended()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # after Lightning has recorded the signal handlers it restores at teardown
+        # After Lightning has installed its SIGTERM handler (and recorded the handlers it restores at
+        # teardown): from here to the end of training, SIGTERM is the loop's to handle (it stops at
+        # the next step and saves). Before, during set-up, train.py's handler stops the run at once.
+        if not self._fitting:
+            self._fitting = True
+            interrupts.fit_started()
         self.interrupted = False
         self._requested = False
         if threading.current_thread() is threading.main_thread():
@@ -81,6 +81,7 @@ class StopAndSave(L.Callback):
         self._restore()
         trainer.save_checkpoint(self.path, weights_only=False)
         log.info("saved %s at step %d", self.path, trainer.global_step)
+        self._fit_ended()  # saved: a SIGTERM from here on stops the run at once (nothing left to save)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
