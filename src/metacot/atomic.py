@@ -44,7 +44,8 @@ def write_json(path: Path | str, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o666 & ~umask())
+            if hasattr(os, "fchmod"):  # not on Windows before Python 3.13 (where mkstemp's mode is moot)
+                os.fchmod(f.fileno(), 0o666 & ~umask())
             json.dump(finite(data), f, indent=2, sort_keys=True, default=str, allow_nan=False)
             f.write("\n")
         os.replace(tmp, path)

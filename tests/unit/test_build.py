@@ -418,3 +418,35 @@ def test_code_that_writes_traces_is_part_of_the_dataset_key(tmp_path, monkeypatc
     assert dataset_path(ENGINE[0], ENGINE[1], module.MyFormat(), small(), tmp_path) != before
     key = build_mod.dataset_key(*ENGINE, small())
     assert key["code"] == build_mod.engine_digest(type(ENGINE[0]), type(ENGINE[1]), type(ENGINE[2]))
+
+
+def test_the_code_hash_leaves_out_pythons_own_library(monkeypatch):
+    """Every engine class derives from abc.ABC: the standard library (different on each Python
+    install) must not give each machine its own dataset directory."""
+    import abc
+
+    before = build_mod.engine_digest(type(ENGINE[2]))
+    monkeypatch.setattr(build_mod, "_digest_files", lambda files: [label for label, _ in files])
+    labels = build_mod.engine_digest(type(ENGINE[2]))
+    assert "module:abc" not in labels and "module:tests.unit.test_build" in labels
+    assert abc.ABC in type(ENGINE[2]).__mro__ and isinstance(before, str)
+
+
+def test_shards_are_hashed_once_per_process_while_unchanged(tmp_path, monkeypatch):
+    """Every stage of a pipeline checks its dataset: the sha256 of GBs of shards is computed once,
+    and again only when a shard file was rewritten (size, mtime or inode changed)."""
+    from metacot.data import records
+
+    d = build_dataset(*ENGINE, small(), tmp_path)
+    digest = read_manifest(d)["config_hash"]
+    hashed = []
+    real = records.file_sha256
+    monkeypatch.setattr(records, "file_sha256", lambda p: (hashed.append(p.name), real(p))[1])
+    monkeypatch.setattr(records, "_VERIFIED", set())
+    assert why_untrusted(d, digest) is None and hashed
+    n = len(hashed)
+    assert why_untrusted(d, digest) is None and len(hashed) == n  # unchanged: not hashed again
+    shard = d / "train-00000.jsonl"
+    overwrite_inside(shard)
+    os.utime(shard, ns=(1, 1))  # even a rewrite that kept the size and forged the time: other mtime
+    assert "checksum" in why_untrusted(d, digest)
