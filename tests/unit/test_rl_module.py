@@ -332,3 +332,11 @@ def test_refill_replaces_zero_variance_groups_with_fresh_prompts():
     assert learn.records[:4] == [sampled.records[i] for i in (sampled.informative_groups() + [
         i for i in range(len(sampled.records)) if i not in sampled.informative_groups()])[:4]]
     assert learn.rewards[:6] == sampled.rewards[sampled.informative_groups()[0] * 6:][:6]
+
+
+def test_a_policy_loaded_in_eval_mode_trains_in_train_mode():
+    """from_pretrained returns eval mode and Lightning keeps modes as it finds them: the policy must
+    learn with its dropout on, while the frozen reference stays in eval mode."""
+    module = make_module(GRPOObjective(group_size=4, kl_coef=0.1), model=tiny_model().eval())
+    assert module.model.training and all(m.training for m in module.model.modules())
+    assert module.ref_model is not None and not module.ref_model.training

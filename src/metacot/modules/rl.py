@@ -79,6 +79,7 @@ class RLModule(L.LightningModule):
         self.sampler_factory = sampler_factory
         self.evaluate_fn = evaluate_fn
         self.ref_model = None
+        model.train()  # from_pretrained returns eval mode (no dropout); Lightning no longer sets train mode
         if getattr(objective, "uses_reference", False):
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.checkpoint_path: Path | None = None  # last.ckpt, written every `save_every` steps
