@@ -99,6 +99,13 @@ def test_sft_stage_trains_exports_logs_and_resumes(tmp_path, monkeypatch, caplog
     (sft / "run_config.json").write_text(json.dumps({**recorded, "lr": 0.5}))
     with pytest.raises(ValueError, match=r"other settings \(lr: 0.5 -> 0.003\).*sft.resume=never"):
         run(_compose(tmp_path, monkeypatch))
+    # ... and so is one trained on other data (the dataset rebuilt by changed code: other bytes)
+    assert recorded["dataset"]  # the dataset's content digest
+    (sft / "run_config.json").write_text(json.dumps({**recorded, "dataset": "0" * 16}))
+    with pytest.raises(ValueError, match=r"trained on other data.*sft.resume=never.*ckpt=.*hf"):
+        run(_compose(tmp_path, monkeypatch))
+    (sft / "run_config.json").write_text(json.dumps({k: v for k, v in recorded.items() if k != "dataset"}))
+    assert run(_compose(tmp_path, monkeypatch))["steps"] == 4  # recorded before datasets were: resumed
 
     # other SFT settings (or another seed) are another experiment, in a directory of its own
     other = run(_compose(tmp_path, monkeypatch, "sft.lr=1e-3", "sft.max_steps=2"))

@@ -450,3 +450,16 @@ def test_shards_are_hashed_once_per_process_while_unchanged(tmp_path, monkeypatc
     overwrite_inside(shard)
     os.utime(shard, ns=(1, 1))  # even a rewrite that kept the size and forged the time: other mtime
     assert "checksum" in why_untrusted(d, digest)
+
+
+def test_content_digest_follows_the_bytes_not_the_directory(tmp_path):
+    from metacot.data.records import content_digest
+
+    a = build_dataset(*ENGINE, small(), tmp_path / "a")
+    b = build_dataset(*ENGINE, small(), tmp_path / "b")
+    assert content_digest(a) == content_digest(b) is not None  # same traces and tokenizer
+    assert content_digest(build_dataset(*ENGINE, small(train=12), tmp_path / "a")) != content_digest(a)
+    m = json.loads((a / "manifest.json").read_text())
+    del m["shard_sha256"]
+    (a / "manifest.json").write_text(json.dumps(m))
+    assert content_digest(a) is None  # built before checksums: unknown

@@ -82,6 +82,19 @@ def why_untrusted(dataset_dir: str | Path, config_hash: str) -> str | None:
 _VERIFIED: set[tuple] = set()
 
 
+def content_digest(dataset_dir: str | Path) -> str | None:
+    """A hash of what a model trained on the dataset saw: its shards' bytes (the manifest's sha256s)
+    and its tokenizer. The same for a dataset rebuilt byte for byte (e.g. after a refactor that changed
+    the directory's code hash but no trace); None for datasets built before shard sha256s existed."""
+    d = Path(dataset_dir)
+    digests = read_manifest(d).get("shard_sha256")
+    if digests is None:
+        return None
+    h = hashlib.sha256(json.dumps(digests, sort_keys=True).encode())
+    h.update(file_sha256(d / TOKENIZER_DIR / "tokenizer.json").encode())
+    return h.hexdigest()[:16]
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

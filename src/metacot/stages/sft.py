@@ -44,7 +44,7 @@ class SFTStage(Stage):
             return self.train(cfg)
 
     def train(self, cfg: DictConfig) -> dict[str, Any]:
-        from metacot.data.records import read_manifest, read_split
+        from metacot.data.records import content_digest, read_manifest, read_split
         from metacot.data.tokenizer import load_tokenizer
         from metacot.stages.datagen import ensure_dataset
 
@@ -57,7 +57,7 @@ class SFTStage(Stage):
         max_seq_len = int(cfg.data.max_tokens)
         out_dir = experiment_dir(cfg) / "sft"
         ckpt_dir = out_dir / "checkpoints"
-        run_config = resume_config(cfg, hp)
+        run_config = resume_config(cfg, hp, content_digest(dataset_dir))
         with user_input():  # sft.resume: a missing file, or a checkpoint trained otherwise
             ckpt_path = resume_path(hp, ckpt_dir, run_config)
 
@@ -169,12 +169,14 @@ class SFTStage(Stage):
         return summary
 
 
-def resume_config(cfg: DictConfig, hp: SFTConfig) -> dict[str, Any]:
+def resume_config(cfg: DictConfig, hp: SFTConfig, dataset: str | None = None) -> dict[str, Any]:
     """What a checkpoint must have been trained with to be resumed (max_steps, validation and
-    logging may change between runs; the data order and optimizer may not)."""
+    logging may change between runs; the data order and optimizer may not; nor may the data:
+    `dataset` is its `content_digest`, which changes when edited code writes other traces)."""
     d = {k: getattr(hp, k) for k in SFTConfig.RESUME_KEYS}
     d["betas"] = list(d["betas"])
     d["trainer"] = {k: plain(cfg.trainer.get(k)) for k in ("devices", "num_nodes", "strategy")}
+    d["dataset"] = dataset
     return d
 
 
@@ -191,9 +193,16 @@ def resume_path(hp: SFTConfig, ckpt_dir: Path, run_config: dict[str, Any]) -> st
         return None
     saved_file = ckpt_dir.parent / RUN_CONFIG
     saved = json.loads(saved_file.read_text()) if saved_file.is_file() else None
+    if saved is not None and (saved.get("dataset") is None or run_config.get("dataset") is None):
+        saved = {**saved, "dataset": run_config.get("dataset")}  # trained before it was recorded: unknown
     if saved is not None and saved != run_config:
         diff = {k: (saved.get(k), run_config.get(k)) for k in sorted(set(saved) | set(run_config))
                 if saved.get(k) != run_config.get(k)}
+        if list(diff) == ["dataset"]:
+            raise ValueError(
+                f"{last} was trained on other data: the dataset of this experiment was rebuilt since, with "
+                "other traces or another tokenizer (the code that writes them changed). Pass sft.resume=never "
+                f"to train on the current data, or evaluate the old model with ckpt={ckpt_dir.parent / 'hf'}")
         raise ValueError(
             f"{last} was trained with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
             "restore them to resume, or pass sft.resume=never to train from scratch"
