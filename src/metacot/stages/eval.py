@@ -167,6 +167,15 @@ def describe_provenance(info: dict[str, Any]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def model_files(path: Path) -> dict[str, str]:
+    """sha256 of each file of a model: an HF directory's files (all of them: weights, config and
+    tokenizer shape its outputs), or a Lightning .ckpt file."""
+    from metacot.data.records import file_sha256
+
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return {p.name: file_sha256(p) for p in files}
+
+
 def eval_fingerprint(model_dir: Path, dataset_dir: Path, options: EvalOptions, splits: list[str],
                      device: torch.device) -> dict[str, Any]:
     """What an evaluation's numbers depend on: the model directory's files (content hashes: the same
@@ -175,14 +184,7 @@ def eval_fingerprint(model_dir: Path, dataset_dir: Path, options: EvalOptions, s
     fix to a parser or metric must not be hidden behind old numbers)."""
     from metacot.data.records import read_manifest
 
-    files = {}
-    for p in sorted(model_dir.iterdir()):
-        if p.is_file():
-            h = hashlib.sha256()
-            with p.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            files[p.name] = h.hexdigest()
+    files = model_files(model_dir)
     evaluation = {k: v for k, v in asdict(options).items() if k != "reuse"}
     return {"model_dir": str(model_dir), "model_files": files, "dataset": str(dataset_dir),
             "dataset_hash": read_manifest(dataset_dir).get("config_hash"), "eval": evaluation,

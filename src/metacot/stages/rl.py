@@ -181,7 +181,13 @@ def run_key(cfg: DictConfig, options: RLOptions, source: str) -> str:
     what = {k: v for k, v in asdict(options).items() if k not in RUN_LENGTH_KEYS}
     world = {k: plain(cfg.trainer.get(k)) for k in ("devices", "num_nodes", "strategy")}
     algo = {k: v for k, v in plain(cfg.algo).items() if k != "rounds"}  # expert iteration's run length
-    digest = config_hash(algo, plain(cfg.reward), what, source, world, int(cfg.seed), length=8)
+    from metacot.modules.export import EXPORT_INFO
+    from metacot.stages.eval import model_files
+
+    # the start model by content, not only by path: a retrained SFT model starts another RL run
+    # rather than resuming one that began from the old weights
+    start = {k: v for k, v in model_files(Path(source)).items() if k != EXPORT_INFO}
+    digest = config_hash(algo, plain(cfg.reward), what, source, start, world, int(cfg.seed), length=8)
     return f"{cfg.algo.name}-{cfg.reward.name}-{digest}"
 
 
