@@ -89,7 +89,9 @@ def run_job(cfg: DictConfig) -> float | None:
         # this job failed (SystemExit: a user error with its message)
         record.finish("failed", error=e)
         if not multirun:
-            if isinstance(e, UsageError):  # the message says what to do; a traceback would not help
+            # the message says what to do; a traceback would not help (HYDRA_FULL_ERROR=1, Hydra's own
+            # switch, shows it: e.g. a TypeError inside your own task's constructor)
+            if isinstance(e, UsageError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
                 raise SystemExit(f"error: {e}") from None
             raise
         log.error("job failed (the sweep goes on): %s: %s\n  details: %s", type(e).__name__, e, record.path)

@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from metacot.config import build
+from metacot.errors import BadValue
 from metacot.data.build import ConfigError, build_dataset, check_options, dataset_key
 from metacot.data.records import SPLITS, read_manifest, why_empty
 from metacot.stages.base import Stage
@@ -28,11 +29,11 @@ def ensure_dataset(cfg: DictConfig) -> Path:
         check_options(search, options)
         dataset_key(task, search, lin, options)  # a missing data.tokenizer.path fails here
     except (InstantiationException, ValueError, TypeError, FileNotFoundError) as e:  # a config mistake
-        raise SystemExit(f"error: invalid configuration: {e}") from None
+        raise BadValue(f"invalid configuration: {e}") from e
     try:
         return build_dataset(task, search, lin, options, Path(cfg.paths.data_dir))
     except ConfigError as e:  # the combination failed on its first problem, before the workers started
-        raise SystemExit(f"error: invalid configuration: {e}") from None
+        raise BadValue(f"invalid configuration: {e}") from e
 
 
 def summary_text(path: Path, manifest: dict[str, Any]) -> str:
