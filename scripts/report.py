@@ -1,6 +1,6 @@
 """Build the report of a sweep or of runs: a thin wrapper of `python -m metacot.report`.
 
-    python scripts/report.py logs/multiruns/<date>/<time> [more dirs] [--out DIR]
+    python scripts/report.py logs/sweeps/<sweep> [logs/runs/<timestamp> ...] [--out DIR]
 """
 
 import sys

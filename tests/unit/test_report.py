@@ -345,3 +345,42 @@ def test_legend_labels_drop_shared_words_and_go_outside_when_long():
     box = fig.axes[0].get_legend()
     fig.canvas.draw()
     assert box.get_window_extent().x0 > fig.axes[0].get_window_extent().x1  # beside the axes, not over them
+
+
+def test_rerun_does_not_split_the_seeds_of_one_experiment(tmp_path: Path):
+    """`rerun=true` (run complete jobs again) is not part of what a run is (sweep.NON_IDENTITY_KEYS)."""
+    for seed in range(4):
+        overrides = ["search=astar", f"seed={seed}"] + (["rerun=true"] if seed >= 2 else [])
+        write(tmp_path / f"j{seed}", results(config("astar", seed), overrides,
+                                             {"eval": eval_stage(metrics(0.1 * seed), metrics(0.1 * seed))}))
+    runs, _ = load_runs([tmp_path])
+    assert {r.setting for r in runs} == {"-"} and not any("rerun" in r.label for r in runs)
+
+
+def test_runs_of_two_roots_with_the_same_name_stay_apart(tmp_path: Path):
+    """The same sweep on two machines (a/sweeps/x, b/sweeps/x): names stay unique, and each run's
+    symbolic numbers count (runs are told apart by directory, not by name)."""
+    from metacot.report.sections import reference_evals
+
+    for machine, symbolic in (("a", 1.0), ("b", 0.5)):
+        write(tmp_path / machine / "x" / "0", results(config("astar", 0), ["search=astar"], {
+            "eval": eval_stage(metrics(0.2, symbolic_solve_rate=symbolic), metrics(0.2))}))
+    runs, _ = load_runs([tmp_path / "a" / "x", tmp_path / "b" / "x"])
+    assert sorted(r.name for r in runs) == ["a/x/0", "b/x/0"]
+    refs = reference_evals(evaluations(runs))
+    assert sorted(ev.metric("val", "symbolic_solve_rate") for ev in refs) == [0.5, 1.0]
+
+
+def test_a_directory_without_results_among_others_is_an_error(tmp_path: Path):
+    write(tmp_path / "good" / "0", results(config("astar", 0), ["search=astar"], {}))
+    (tmp_path / "typo").mkdir()
+    with pytest.raises(SystemExit, match=r"no results.json under .*typo"):
+        load_runs([tmp_path / "good", tmp_path / "typo"])
+
+
+def test_budget_columns_reach_the_longest_trace():
+    from metacot.report.curves import table_budgets
+
+    budgets = table_budgets([1, 2000])
+    assert budgets[0] <= 1 and budgets[-1] >= 2000 and len(budgets) <= 12
+    assert table_budgets([3, 40]) == [2, 4, 8, 16, 32, 64]

@@ -55,8 +55,9 @@ def pass_at_k(num_samples: int | Sequence[int] | np.ndarray, num_correct: Sequen
 
 def pass_at_k_curve(num_samples: int | Sequence[int] | np.ndarray, num_correct: Sequence[int] | np.ndarray,
                     ks: Sequence[int] | None = None) -> dict[int, float]:
-    """Mean pass@k over problems for each k (default: `default_ks` of the smallest n); NaN when
-    there are no problems (an undefined mean, not a zero)."""
+    """Mean pass@k over problems for each k (default: `default_ks` of the smallest n); NaN for each
+    given k when there are no problems (an undefined mean, not a zero). With no problems and no `ks`
+    there is no n to choose ks from: the curve is empty."""
     c = np.atleast_1d(np.asarray(num_correct, dtype=np.int64))
     n = np.broadcast_to(np.asarray(num_samples, dtype=np.int64), c.shape)
     if ks is None:

@@ -18,7 +18,7 @@ RESULTS = "results.json"
 SPLIT_LABELS = {"val": "seen", "test_unseen": "unseen"}
 # Overrides that do not define the experiment (averaged over, or only where files go), and
 # those already shown in their own column.
-_NOT_SETTING = {"seed", "task", "search", "linearization", "model"}
+_NOT_SETTING = {"seed", "task", "search", "linearization", "model", "rerun"}  # rerun: see sweep.NON_IDENTITY_KEYS
 _NOT_SETTING_PREFIX = ("hydra.", "paths.")
 
 
@@ -111,7 +111,8 @@ class Run:
     def label(self) -> str:
         """The run's overrides not common to every run of the report (seeds included): a short,
         readable name for it; the directory name when that says nothing."""
-        kept = [o for o in self.overrides if o not in self.common and not _override_key(o).startswith("hydra.")]
+        kept = [o for o in self.overrides if o not in self.common
+                and not _override_key(o).startswith(("hydra.", "paths.")) and _override_key(o) != "rerun"]
         return " ".join(kept) if kept else self.name
 
     @property
@@ -168,8 +169,9 @@ class Evaluation:
 
     @property
     def algo(self) -> str:
-        """The RL algo that trained the evaluated model (from its label), else the run's `algo`."""
-        return self.label[3:] if self.label.startswith("rl:") else self.run.algo
+        """The RL algo that trained the evaluated model (from its label); "-" for a model no RL
+        trained (the SFT model, or a symbolic row: the run config's default `algo` is not its history)."""
+        return self.label[3:] if self.label.startswith("rl:") else "-"
 
 
 def model_label(run: Run, stage: str) -> str:
@@ -194,24 +196,48 @@ def find_results(dirs: list[str | Path]) -> list[tuple[Path, Path]]:
     if missing:
         raise SystemExit(f"report: no such directory: {', '.join(missing)} (pass run or sweep directories, "
                          f"e.g. logs/runs/<timestamp> or a sweep directory logs/sweeps/<name>)")
-    found, seen = [], set()
+    found, seen, empty = [], set(), []
     for d in dirs:
         root = Path(d)
-        for path in sorted(root.rglob(RESULTS), key=lambda p: _natural(str(p))):
-            if path.is_file() and path.resolve() not in seen:
+        paths = sorted((p for p in root.rglob(RESULTS) if p.is_file()), key=lambda p: _natural(str(p)))
+        if not paths:
+            empty.append(str(d))
+        for path in paths:
+            if path.resolve() not in seen:
                 seen.add(path.resolve())
                 found.append((root, path))
+    if empty and found:  # (none anywhere: build_report says so with its own message)
+        raise SystemExit(f"report: no {RESULTS} under {', '.join(empty)} (a mistyped directory? pass run or "
+                         "sweep directories, e.g. logs/runs/<timestamp> or logs/sweeps/<name>)")
     return found
 
 
-def _run_name(root: Path, path: Path, several_roots: bool) -> str:
+def _run_name(root: Path, path: Path, several_roots: bool, root_names: dict[Path, str] | None = None) -> str:
     rel = path.parent.relative_to(root).as_posix()
+    base = (root_names or {}).get(root.resolve(), root.resolve().name)
     if rel == ".":
-        return root.resolve().name
-    return f"{root.resolve().name}/{rel}" if several_roots else rel
+        return base
+    return f"{base}/{rel}" if several_roots else rel
 
 
-def load_run(root: Path, path: Path, several_roots: bool = False) -> Run:
+def root_names(roots: list[Path]) -> dict[Path, str]:
+    """A short name per root directory: its basename, with as many parent directories as it takes
+    to tell apart roots that share one (the same sweep command on two machines: a/sweeps/x, b/sweeps/x)."""
+    resolved = sorted({r.resolve() for r in roots})
+    names: dict[Path, str] = {}
+    for r in resolved:
+        depth = 1
+        while True:
+            name = "/".join(r.parts[-depth:])
+            clash = [o for o in resolved if o != r and "/".join(o.parts[-depth:]) == name]
+            if not clash or depth >= len(r.parts):
+                break
+            depth += 1
+        names[r] = name
+    return names
+
+
+def load_run(root: Path, path: Path, several_roots: bool = False, names: dict[Path, str] | None = None) -> Run:
     """Parse one results.json; raises ValueError with the reason when it is not a results file."""
     try:
         data = json.loads(path.read_text())
@@ -221,7 +247,7 @@ def load_run(root: Path, path: Path, several_roots: bool = False) -> Run:
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     overrides = data.get("overrides")
     return Run(
-        name=_run_name(root, path, several_roots), path=path.parent,
+        name=_run_name(root, path, several_roots, names), path=path.parent,
         status=str(data.get("status", "unknown")),
         overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
         config=_dict(data.get("config")), stages=_dict(data.get("stages")),
@@ -243,10 +269,11 @@ def load_runs(dirs: list[str | Path]) -> tuple[list[Run], list[tuple[Path, str]]
     """(runs, unreadable) where unreadable holds (path, reason) for each file that was skipped."""
     found = find_results(dirs)
     several = len({root for root, _ in found}) > 1
+    names = root_names([root for root, _ in found])
     runs, bad = [], []
     for root, path in found:
         try:
-            runs.append(load_run(root, path, several))
+            runs.append(load_run(root, path, several, names))
         except ValueError as e:
             bad.append((path, str(e)))
     share_overrides(runs)

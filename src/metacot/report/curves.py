@@ -129,7 +129,7 @@ def boundary_section(evals: list[Evaluation]) -> Section:
     table = Table("boundary", ["task", "run", "rl", "split", "problems", "k", "sft pass@1", "sft pass@k",
                                "rl pass@1", "rl pass@k", "rl solves, sft never", "sft solves, rl never",
                                "both", "neither"])
-    for _, evs in group_by(evals, lambda ev: ev.run.name).items():
+    for _, evs in group_by(evals, lambda ev: ev.run.path.resolve()).items():
         sfts = [ev for ev in evs if ev.label == "sft"]
         for sft in sfts[:1]:
             for rl in (ev for ev in evs if ev.label.startswith("rl:")):
@@ -170,7 +170,10 @@ def table_budgets(tokens: list[float], columns: int = 10) -> list[int]:
         return [0]
     lo, hi = math.floor(math.log2(min(positive))), math.ceil(math.log2(max(positive)))
     step = 1 if hi - lo + 1 <= columns else 2
-    return [2 ** e for e in range(lo, hi + 1, step)]
+    exponents = list(range(lo, hi + 1, step))
+    if exponents[-1] != hi:  # every other one skipped the top: the last budget must cover the longest
+        exponents.append(hi)
+    return [2 ** e for e in exponents]
 
 
 def budget_section(evals: list[Evaluation], sink: FigureSink) -> Section:

@@ -41,7 +41,7 @@ def by_group_label(evals: list[Evaluation]) -> dict[tuple, list[Evaluation]]:
 def reference_evals(evals: list[Evaluation]) -> list[Evaluation]:
     """One evaluation per run to read the symbolic algorithm's numbers from (its SFT eval when it
     has one: the symbolic numbers are on the same problems for every model of a run)."""
-    per_run = group_by(evals, lambda ev: ev.run.name)
+    per_run = group_by(evals, lambda ev: ev.run.path.resolve())
     return [min(evs, key=lambda ev: stage_order(ev.label)) for evs in per_run.values()]
 
 
@@ -150,7 +150,11 @@ def order_similarity(evals: list[Evaluation]) -> tuple[Table, list[str]]:
         cells = [stat(ev.metric(s, prefix + a) for ev, s in members) for a in algs]
         table.rows.append([*group, split_label(split), label, len(members), *cells])
         scored = [(c.mean, a) for c, a in zip(cells, algs, strict=True) if c.mean is not None]
-        best, alg = max(scored)
+        best = max((m for m, _ in scored), default=None)
+        leaders = [a for m, a in scored if m == best]
+        if not best or len(leaders) > 1:  # no similarity, or a tie: no single algorithm to name
+            continue
+        alg = leaders[0]
         table.bold.add((len(table.rows) - 1, len(columns) + algs.index(alg)))
         task, search, setting = group[0], group[1], group[4]
         where = "" if setting == "-" else f" ({setting})"
