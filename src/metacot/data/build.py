@@ -33,7 +33,6 @@ from typing import Any
 from tqdm import tqdm
 
 from metacot.atomic import umask
-from metacot.ranks import is_rank_zero
 from metacot.data import shards
 from metacot.data.options import DataOptions
 from metacot.data.records import (
@@ -47,6 +46,7 @@ from metacot.data.records import (
     why_untrusted,
 )
 from metacot.data.tokenizer import load_tokenizer_dir, make_tokenizer
+from metacot.ranks import is_rank_zero
 
 MAX_ROUNDS = 50
 TOP_UP_MIN = 64  # problems drawn per split in a top-up round (a short answer reveals exhaustion)

@@ -20,7 +20,7 @@ class Stage(ABC):
         if name is not None:
             self.name = name
 
-    def use_earlier(self, results: dict[str, Any]) -> None:
+    def use_earlier(self, results: dict[str, Any]) -> None:  # noqa: B027 - optional hook, no-op by default
         """In a pipeline, called before `run` with the summaries of the stages that ran before it
         (by stage name), so a stage can take what they produced rather than look it up again."""
 

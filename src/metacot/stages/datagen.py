@@ -14,9 +14,9 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from metacot.config import build
-from metacot.errors import BadValue
 from metacot.data.build import ConfigError, build_dataset, check_options, dataset_key
 from metacot.data.records import SPLITS, read_manifest, why_empty
+from metacot.errors import BadValue
 from metacot.stages.base import Stage
 from metacot.stages.common import trace_engine
 

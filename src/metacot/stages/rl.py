@@ -29,9 +29,9 @@ from omegaconf import DictConfig
 
 from metacot.config import build, config_hash, plain
 from metacot.errors import MissingInput, user_input
-from metacot.locks import exclusive
 from metacot.eval.metrics import finite_or_none
 from metacot.eval.table import format_table
+from metacot.locks import exclusive
 from metacot.modules.callbacks import StopAndSave
 from metacot.modules.export import export_hf, publish
 from metacot.modules.rl import RLModule, RLOptions
