@@ -250,7 +250,6 @@ def test_text_forms(sos):
     assert sos.parse_state(p, " 12 3  7 ") == (3, 7, 12)
     for junk in ["", "3 x", "-3 4", "1 2 3 4 5", "3.5", "07"]:
         assert sos.parse_state(p, junk) is None
-    assert sos.state_from_json(sos.state_to_json((3, 7))) == (3, 7)
 
 
 def test_alphabet_covers_what_the_task_writes(task, sos):

@@ -6,7 +6,8 @@ what lets "MCTS traces vs A* traces in the same format" be a clean experiment.
 Events are small slotted objects (not dicts) because datagen builds millions of them per minute;
 the kind-and-node-only ones (EXPAND, DEAD_END) can be shared immutable objects (`shared_events`),
 and a search that counts its own stats while it runs hands them over (`remember_stats`).
-States are whatever the task uses (hashable, JSON-able after `Task.state_to_json`).
+States are whatever the task uses: hashable scalars and tuples (JSON turns tuples into lists;
+reading a trace back turns them into tuples again).
 """
 
 from __future__ import annotations

@@ -135,12 +135,6 @@ class Task(ABC):
         is built from this plus the format's keywords, so no split's data is needed for it."""
         return []
 
-    def state_to_json(self, state: State) -> Any:
-        return state
-
-    def state_from_json(self, data: Any) -> State:
-        return data
-
     def describe(self) -> dict[str, Any]:
         """The parameters that shape this task's problems (enter the dataset cache key)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}

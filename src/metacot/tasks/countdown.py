@@ -351,12 +351,6 @@ class CountdownTask(Task):
         bound = min(max(self.max_target, self.max_number**2), ALPHABET_CAP)
         return KEYWORDS + [str(i) for i in range(bound + 1)]
 
-    def state_to_json(self, state: State) -> list[int]:
-        return list(state)
-
-    def state_from_json(self, data: list[int]) -> State:
-        return tuple(int(x) for x in data)
-
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:

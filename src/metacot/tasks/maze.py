@@ -263,8 +263,3 @@ class MazeTask(Task):
     def alphabet(self) -> list[str]:
         return KEYWORDS + [cell_word(x, y) for x in range(self.size) for y in range(self.size)]
 
-    def state_to_json(self, state: State) -> list[int]:
-        return list(state)
-
-    def state_from_json(self, data: list[int]) -> State:
-        return (int(data[0]), int(data[1]))
