@@ -4,13 +4,21 @@ runs at any point of the program, e.g. in the middle of `import torch`, and must
 Inside a training loop (`StopAndSave` registers it), Lightning stops at the next step boundary and
 `last.ckpt` is saved; elsewhere (datagen, eval, between stages) `train.py`'s handler raises
 `SignalTerminated` at once and remembers that it did, since an exception that strikes inside a
-library can come out as another error.
+library can come out as another error, or be swallowed: Python only prints "Exception ignored" for
+one raised inside an at-fork hook or a finalizer. So forks happen inside `sigterm_deferred`, and long
+loops call `raise_if_received`.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 _fits = 0  # training loops running under a StopAndSave in this process
 _sigterm = False  # a SIGTERM arrived outside a training loop
+_deferring: int | None = None  # the process inside a `sigterm_deferred` block (not its forks)
+_pending = False  # a SIGTERM arrived inside that block
 
 
 class SignalTerminated(KeyboardInterrupt):
@@ -37,11 +45,40 @@ def fit_running() -> bool:
 def on_sigterm(signum: int, frame: object) -> None:
     """The SIGTERM handler `train.py` installs: leave it to a running training loop (Lightning calls
     this after its own handler), else stop now."""
-    global _sigterm
+    global _sigterm, _pending
     if not fit_running():
         _sigterm = True
+        if _deferring == os.getpid():
+            _pending = True
+            return
         raise SignalTerminated("SIGTERM")
 
 
 def sigterm_received() -> bool:
     return _sigterm
+
+
+def raise_if_received() -> None:
+    """Stop here if a SIGTERM came whose exception was swallowed (Python prints "Exception ignored
+    in ..." for one raised inside e.g. an at-fork hook or a finalizer, then goes on): call it where
+    long work advances, so such a run stops within a step instead of at its end."""
+    if _sigterm and not fit_running():
+        raise SignalTerminated("SIGTERM")
+
+
+@contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """A SIGTERM that arrives inside the block stops the run when the block ends: for code where
+    the handler's exception would be swallowed, above all a fork (`multiprocessing.Pool(...)`),
+    whose at-fork hooks (logging's, for one) run Python code that cannot raise. A flag rather than
+    a signal mask, since the kernel may deliver the signal to any thread (tqdm's monitor, torch's)."""
+    global _deferring, _pending
+    outer = _deferring
+    _deferring = os.getpid()
+    try:
+        yield
+    finally:
+        _deferring = outer
+        if outer is None and _pending:
+            _pending = False
+            raise SignalTerminated("SIGTERM")

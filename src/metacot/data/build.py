@@ -32,6 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from metacot import interrupts
 from metacot.atomic import umask
 from metacot.data import shards
 from metacot.data.options import DataOptions
@@ -294,7 +295,17 @@ def _pool(workers: int, init_args: tuple) -> Any:
         shards.init_worker(*init_args)
         return None
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Pool(workers, initializer=shards.init_pool_worker, initargs=init_args)
+    pool = None
+    try:
+        # a SIGTERM that struck while forking would be swallowed by another library's at-fork hook
+        # (the run went on to its end): it waits, and stops the run as soon as the pool is up
+        with interrupts.sigterm_deferred():
+            pool = mp.get_context(method).Pool(workers, initializer=shards.init_pool_worker, initargs=init_args)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise
+    return pool
 
 
 def _map(pool: Any, fn: Any, jobs: list, progress: tqdm | None = None, weight: Any = None) -> list:
@@ -302,6 +313,7 @@ def _map(pool: Any, fn: Any, jobs: list, progress: tqdm | None = None, weight: A
     it = map(fn, jobs) if pool is None else pool.imap(fn, jobs, chunksize=1)
     out = []
     for job, result in zip(jobs, it, strict=True):
+        interrupts.raise_if_received()
         out.append(result)
         if progress is not None:
             progress.update(weight(job) if weight else 1)
