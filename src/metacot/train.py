@@ -106,7 +106,7 @@ def main() -> None:
     Ctrl-C exits with 130 and SIGTERM with 143, each after its job is recorded as interrupted."""
     from metacot.stages.base import Terminated
 
-    signal.signal(signal.SIGTERM, interrupts.on_sigterm)
+    interrupts.install()
     try:
         _hydra_main()
     except interrupts.SignalTerminated:

@@ -23,10 +23,17 @@ with_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_metho
 
 @pytest.fixture
 def sigterm_handler(monkeypatch):
+    """train.py's handler, installed as train.py does."""
     monkeypatch.setattr(interrupts, "_sigterm", False)
-    previous = signal.signal(signal.SIGTERM, interrupts.on_sigterm)
+    monkeypatch.setattr(interrupts, "_owner", None)
+    previous = signal.getsignal(signal.SIGTERM)
+    interrupts.install()
     yield
     signal.signal(signal.SIGTERM, previous)
+
+
+def blocked() -> set:
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
 
 
 @posix_only
@@ -38,8 +45,10 @@ def test_sigterm_deferred_holds_the_signal_until_the_block_ends(sigterm_handler)
             time.sleep(0.05)  # a handler allowed to run would run here
             reached_end_of_block = True
     assert reached_end_of_block and interrupts.sigterm_received()
+    assert signal.SIGTERM not in blocked()
     with interrupts.sigterm_deferred():  # nothing pending: nothing raised
-        pass
+        assert signal.SIGTERM in blocked()
+    assert signal.SIGTERM not in blocked()
 
 
 def test_a_swallowed_sigterm_stops_the_next_job_of_a_build_loop(monkeypatch):
@@ -57,35 +66,74 @@ def test_a_swallowed_sigterm_stops_the_next_job_of_a_build_loop(monkeypatch):
 
 @posix_only
 @with_fork
-def test_pool_workers_keep_their_own_sigterm_handling(monkeypatch, sigterm_handler):
+def test_pool_workers_die_of_sigterm_by_default_and_nothing_stays_blocked(monkeypatch, sigterm_handler):
     monkeypatch.setattr(shards, "init_worker", lambda *args: None)
     pool = build._pool(2, ())
     try:
         handlers = [pool.apply(signal.getsignal, (signal.SIGTERM,)) for _ in range(4)]
+        masks = [pool.apply(signal.pthread_sigmask, (signal.SIG_BLOCK, [])) for _ in range(4)]
     finally:
         pool.terminate()
         pool.join()
-    assert all(h == signal.SIG_DFL for h in handlers), handlers  # they die of it, quietly
+    assert all(h == signal.SIG_DFL for h in handlers), handlers
+    assert all(signal.SIGTERM not in m for m in masks), masks
+    assert signal.SIGTERM not in blocked()
     assert interrupts._deferring is None and not interrupts.sigterm_received()
 
 
 @posix_only
 @with_fork
-def test_a_child_forked_inside_the_block_does_not_defer(sigterm_handler):
-    """Before a pool worker resets its handler it runs train.py's, with the parent's state: it must
-    stop, not wait for the end of a block that only the parent is in."""
+def test_a_child_forked_inside_the_block_starts_blocked_and_dies_of_sigterm(sigterm_handler):
+    """A child has train.py's handler, and a copy of the parent's state, until it sets its own: it
+    must die of SIGTERM (as `Pool.terminate()` expects), not raise or wait for the parent's block."""
     with pytest.raises(interrupts.SignalTerminated):
         with interrupts.sigterm_deferred():
             pid = os.fork()
             if pid == 0:  # the child
                 try:
+                    if signal.SIGTERM not in blocked():
+                        os._exit(3)
                     interrupts.on_sigterm(signal.SIGTERM, None)
-                except interrupts.SignalTerminated:
-                    os._exit(0)
-                os._exit(1)
+                    time.sleep(1)  # (the signal is blocked: it lands when unblocked)
+                    interrupts.unblock_sigterm()
+                    time.sleep(5)
+                finally:
+                    os._exit(1)
             interrupts.on_sigterm(signal.SIGTERM, None)  # the parent: held until the block ends
             _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM
+
+
+@posix_only
+@with_fork
+def test_terminating_a_pool_just_forked_never_hangs(tmp_path):
+    """A SIGTERM that reached a worker before Python's after-fork reset was dropped while the worker
+    still had train.py's Python-level handler: `Pool.terminate()` then waited for it forever (one
+    run in four of this loop hung before the fix; datagen stopped at once hit it)."""
+    script = textwrap.dedent("""
+        import faulthandler
+        from metacot import interrupts
+        from metacot.data import build, shards
+        interrupts.install()
+        shards.init_worker = lambda *args: None
+        for _ in range(150):
+            faulthandler.dump_traceback_later(20, exit=True)
+            pool = build._pool(2, ())
+            pool.terminate()
+            pool.join()
+        faulthandler.cancel_dump_traceback_later()
+        print("done")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)  # a hung worker outlives its parent, holding the pipe
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0 and out.strip() == "done", out + err[-3000:]
 
 
 @posix_only
@@ -97,7 +145,7 @@ def test_sigterm_while_the_pool_forks_stops_the_run_instead_of_vanishing(tmp_pat
         import os, signal, sys, time
         from metacot import interrupts
         from metacot.data import build, shards
-        signal.signal(signal.SIGTERM, interrupts.on_sigterm)
+        interrupts.install()
         def hook():  # SIGTERM arrives while a fork's hooks run
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)

@@ -19,6 +19,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from metacot import interrupts
 from metacot.data.options import DataOptions
 from metacot.data.tokenizer import TokenCounter
 
@@ -48,6 +49,7 @@ def init_pool_worker(*args: Any) -> None:
     leaves Ctrl-C (sent to the whole terminal group) to the parent, which stops the pool."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupts.unblock_sigterm()  # forked with it blocked (build._pool): one sent meanwhile kills now
     init_worker(*args)
     gc.collect()
     gc.freeze()
