@@ -53,21 +53,22 @@ def install() -> None:
 
 def on_sigterm(signum: int, frame: object) -> None:
     """The SIGTERM handler `train.py` installs: leave it to a running training loop (Lightning calls
-    this after its own handler), else stop now.
-    A forked child (a pool or DataLoader worker before it set its own handling) inherits the handler
-    and a copy of this state: it dies of the signal as by default. Raising there could be swallowed
-    by an at-fork hook, leaving a worker that outlives `Pool.terminate()` and hangs its join."""
+    this after its own handler, also in a rank forked by `ddp_fork`), else stop now.
+    Outside training, a forked child (a pool worker before it set its own handling) inherits the
+    handler and a copy of this state: it dies of the signal as by default. Raising there could be
+    swallowed by an at-fork hook, leaving a worker that outlives `Pool.terminate()`."""
     global _sigterm, _pending
+    if fit_running():
+        return
     if _owner is not None and os.getpid() != _owner:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
-    if not fit_running():
-        _sigterm = True
-        if _deferring == os.getpid():
-            _pending = True
-            return
-        raise SignalTerminated("SIGTERM")
+    _sigterm = True
+    if _deferring == os.getpid():
+        _pending = True
+        return
+    raise SignalTerminated("SIGTERM")
 
 
 def sigterm_received() -> bool:

@@ -163,3 +163,20 @@ def test_sigterm_while_the_pool_forks_stops_the_run_instead_of_vanishing(tmp_pat
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() == "stopped", proc.stdout + proc.stderr
     assert "Exception ignored" not in proc.stderr, proc.stderr
+
+
+@posix_only
+@with_fork
+def test_a_forked_training_rank_leaves_sigterm_to_its_training_loop(sigterm_handler, monkeypatch):
+    """A rank forked by `ddp_fork` trains under its own StopAndSave: Lightning runs train.py's
+    handler after its own, which must not kill the rank before it saves."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            interrupts.fit_started()
+            interrupts.on_sigterm(signal.SIGTERM, None)
+            os._exit(0 if not interrupts.sigterm_received() else 2)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
