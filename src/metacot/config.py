@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -15,6 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metacot.errors import BadValue
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the config groups (`conf/<group>/<option>.yaml`)
 
 
 def build(node: Any, **kwargs: Any) -> Any:

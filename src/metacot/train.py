@@ -18,9 +18,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metacot import interrupts
+from metacot.config import CONF_DIR as CONF_PATH
 from metacot.sweep import register_resolvers
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(CONF_PATH)
 log = logging.getLogger("metacot")
 register_resolvers()  # names of sweep and job directories (conf/hydra/default.yaml)
 
@@ -75,8 +76,7 @@ def run_job(cfg: DictConfig) -> float | None:
     record.start()
     try:
         summary = run(cfg) or {}
-        if interrupts.sigterm_received():  # its exception was swallowed somewhere: still a stop
-            raise interrupts.SignalTerminated("SIGTERM")
+        interrupts.raise_if_received()  # a SIGTERM whose exception was swallowed somewhere: still a stop
     except (KeyboardInterrupt, Terminated) as e:  # told to stop: the whole sweep stops
         record.finish("interrupted", error=e)
         raise

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from metacot.config import build, config_hash, plain
+from metacot.config import CONF_DIR, build, config_hash, plain
 from metacot.errors import BadValue, user_input
 
 
@@ -45,9 +45,7 @@ def trace_engine(cfg: DictConfig) -> tuple[Any, Any, Any]:
 
 def search_config_names(names: Iterable[str]) -> list[str]:
     """`names` (e.g. `eval.behaviour`), checked to be `conf/search/<name>.yaml` options."""
-    from metacot.train import CONF_DIR
-
-    search_dir = Path(CONF_DIR) / "search"
+    search_dir = CONF_DIR / "search"
     available = sorted(p.stem for p in search_dir.glob("*.yaml"))
     unknown = [n for n in names if n not in available]
     if unknown:

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metacot.atomic import finite, write_json
-from metacot.config import build, plain
+from metacot.config import CONF_DIR, build, plain
 from metacot.errors import BadValue, MissingInput, user_input
 from metacot.eval.evaluator import EvalOptions, evaluate
 from metacot.eval.metrics import finite_or_none
@@ -228,10 +228,7 @@ def reference_searches(names: list[str] | tuple[str, ...]) -> dict[str, Any]:
     references of `eval.behaviour`, independent of this experiment's own `search=` overrides)."""
     if not names:
         return {}
-    from metacot.train import CONF_DIR
-
-    search_dir = Path(CONF_DIR) / "search"
-    return {n: build(OmegaConf.load(search_dir / f"{n}.yaml")) for n in search_config_names(names)}
+    return {n: build(OmegaConf.load(CONF_DIR / "search" / f"{n}.yaml")) for n in search_config_names(names)}
 
 
 def model_path(cfg: DictConfig, source: str = "sft") -> Path:
